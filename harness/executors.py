@@ -20,9 +20,11 @@ import abc
 import collections
 import concurrent.futures
 import copy
+import hashlib
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import tempfile
@@ -58,6 +60,39 @@ class UnitFailure:
     detail: str = ""  # the traceback or the platform's account, capped at DETAIL_CHARS
 
 
+@dataclass(frozen=True)
+class Shared:
+    """A large value put once where every unit can fetch it (`fetch`): a file beside the local pool,
+    an object in Ray's store. Units carry the handle, not the value, so the data a thousand units
+    read crosses to each worker process once."""
+
+    key: str
+    path: str | None = None  # local: a pickle file
+    ref: Any = None  # ray: an ObjectRef
+
+
+_FETCHED: collections.OrderedDict[str, Any] = collections.OrderedDict()  # this process's recent values
+_FETCH_CACHE = 8
+
+
+def fetch(shared: Shared) -> Any:
+    """The value behind `shared`, loaded once per process (the few most recent ones are kept)."""
+    if shared.key in _FETCHED:
+        _FETCHED.move_to_end(shared.key)
+        return _FETCHED[shared.key]
+    if shared.ref is not None:
+        import ray
+
+        value = copy.deepcopy(ray.get(shared.ref))  # own, writable arrays: Ray's are read-only views
+    else:
+        with open(shared.path, "rb") as f:
+            value = pickle.load(f)
+    _FETCHED[shared.key] = value
+    while len(_FETCHED) > _FETCH_CACHE:
+        _FETCHED.popitem(last=False)
+    return value
+
+
 class Executor(abc.ABC):
     """Runs units and yields each `(unit, result | UnitFailure)` as it finishes."""
 
@@ -70,11 +105,27 @@ class Executor(abc.ABC):
     ) -> Iterator[tuple[Any, Any]]:
         """`fn` is a module-level function (workers import it); units are picklable values."""
 
+    @abc.abstractmethod
+    def share(self, key: str, value: Any) -> Shared:
+        """Put `value` where units can `fetch` it; `key` names it (the same key, the same value)."""
+
+    @abc.abstractmethod
+    def unit_threads(self, resources: Resources) -> int:
+        """Torch threads a unit with `resources` gets; units set them so results match everywhere."""
+
     def close(self) -> None:
         """Release workers; the executor cannot be used afterwards."""
 
     def default_resources(self) -> Resources:
         return Resources(cpus=self.cfg.cpus_per_unit, gpus=self.cfg.gpus_per_unit)
+
+    def reference_resources(self) -> Resources:
+        gpus = self.cfg.reference_gpus_per_unit
+        return Resources(cpus=self.cfg.cpus_per_unit, gpus=self.cfg.gpus_per_unit if gpus is None else gpus)
+
+    @abc.abstractmethod
+    def slots(self, resources: Resources) -> int:
+        """How many units with `resources` run at once."""
 
     def __enter__(self) -> Executor:
         return self
@@ -97,6 +148,9 @@ def check_config(cfg: ExecutorConfig) -> None:
         ("workers", cfg.workers is None or cfg.workers >= 1, "at least 1, or null for one per core"),
         ("cpus_per_unit", cfg.cpus_per_unit > 0, "a number above 0"),
         ("gpus_per_unit", cfg.gpus_per_unit >= 0, "a number of at least 0 (a fraction shares a GPU)"),
+        ("reference_gpus_per_unit", cfg.reference_gpus_per_unit is None or cfg.reference_gpus_per_unit >= 0,
+         "a number of at least 0, or null for gpus_per_unit"),
+        ("runs_per_unit", cfg.runs_per_unit is None or cfg.runs_per_unit >= 1, "at least 1, or null to spread runs over the slots"),
         ("max_retries", cfg.max_retries >= 0, "at least 0"),
         ("max_in_flight", cfg.max_in_flight is None or cfg.max_in_flight >= 1, "at least 1, or null for the default"),
     ]
@@ -169,6 +223,21 @@ class LocalExecutor(Executor):
             for future in running:
                 future.cancel()
 
+    def share(self, key: str, value: Any) -> Shared:
+        path = Path(self._markers.name) / f"shared-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pkl"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        return Shared(key=key, path=str(path))
+
+    def unit_threads(self, resources: Resources) -> int:
+        return self.threads
+
+    def slots(self, resources: Resources) -> int:
+        return self.workers
+
     def close(self) -> None:
         self._drop_pool(wait=True)
         self._markers.cleanup()
@@ -236,6 +305,7 @@ class RayExecutor(Executor):
                 "run `pip install 'unlearning-harness[ray]'` or set executor.kind: local"
             ) from None
         self._ray = ray
+        self._shared: dict[str, Shared] = {}
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self._owns = not ray.is_initialized()  # a process already connected keeps its connection
         if self._owns and cfg.address:
@@ -259,7 +329,7 @@ class RayExecutor(Executor):
         if resources.gpus > 0:
             options["max_calls"] = 1  # a fresh process per GPU unit, so its GPU memory is released
         remote = ray.remote(fn).options(**options)
-        window = self.cfg.max_in_flight or 2 * self._slots(resources)
+        window = self.cfg.max_in_flight or 2 * self.slots(resources)
         queue = collections.deque(range(len(units)))
         pending: dict[Any, int] = {}
         try:
@@ -274,12 +344,21 @@ class RayExecutor(Executor):
             for ref in pending:
                 ray.cancel(ref)
 
+    def share(self, key: str, value: Any) -> Shared:
+        if key not in self._shared:
+            self._shared[key] = Shared(key=key, ref=self._ray.put(value))
+        return self._shared[key]
+
+    def unit_threads(self, resources: Resources) -> int:
+        return max(1, int(resources.cpus))
+
     def close(self) -> None:
+        self._shared.clear()
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
         self._owns = False
 
-    def _slots(self, resources: Resources) -> int:
+    def slots(self, resources: Resources) -> int:
         """How many units the cluster can run at once now."""
         total = self._ray.cluster_resources()
         slots = total.get("CPU", 0) / resources.cpus

@@ -11,12 +11,11 @@ models already trained and the key does not include N.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,21 +23,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from harness.config import ModelConfig, RecipeConfig, ReferencesConfig
+from harness.config import ExecutorConfig, ModelConfig, RecipeConfig, ReferencesConfig
 from harness.data.loaders import class_weights
 from harness.errors import HarnessError
-from harness.evaluation import evaluate
+from harness.executors import Executor, UnitFailure, make_executor
 from harness.models import ModelSpec
 from harness.training import (
+    TRAINING_PATHS,
     choose_path,
     hardware_description,
     init_model,
     timing_threads,
     torch_threads,
-    train_many,
-    train_model,
     train_plain,
 )
+from harness.units import TrainReferences, labelled
+from harness.units import train_references as train_reference_models
 
 if TYPE_CHECKING:
     from harness.data.task import Task
@@ -122,6 +122,7 @@ def train_references(
     device: str,
     cache_dir: str | Path,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> References:
     """The N = refs_cfg.n_models references: cached ones loaded, missing ones trained and cached.
 
@@ -134,7 +135,7 @@ def train_references(
     if n < 2:
         raise HarnessError(f"references.n_models must be >= 2 (the metric compares distributions), got {n}")
     meta = references_meta(task, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device)
-    forget, retain, test = task.arrays("forget"), task.arrays("retain"), task.arrays("test")
+    forget = task.arrays("forget")
     folder = _sets_dir(cache_dir) / meta["cache_key"]
     records = _read_records(folder, range(n), n_forget=len(forget["age_group"]))
     if len(records) < n:
@@ -144,55 +145,78 @@ def train_references(
     missing = [i for i in range(n) if i not in records]
     if missing:
         _write_meta(folder, meta)
-        spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
-        weights = class_weights(retain["age_group"], model_cfg.num_classes)
-        solo = [i for i in missing if i < refs_cfg.solo_first]
-        rest = [i for i in missing if i >= refs_cfg.solo_first]
-        path = refs_cfg.training_path
-        if path == "auto":
-            path = choose_path(device, n_models=len(rest))
-        finish = functools.partial(
-            _evaluation, forget=_labelled(forget), retain=_labelled(retain), test=_labelled(test), device=device
-        )
-        hardware = hardware_description(device)
-        bar = _bar(progress, total=n, initial=len(records), desc=f"references ({path} on {device})")
-
-        def record(i: int, measures: dict[str, Any], seconds: float, used: str, alone: bool) -> None:
-            records[i] = {
-                **measures,
-                "train_seconds": seconds,
-                "seed": refs_cfg.seed + i,
-                "path": used,
-                "solo": alone,
-                "hardware": hardware,
-            }
-            _write_record(folder, i, records[i])
-            bar.update(1)
-
+        owned = executor is None
+        executor = executor or make_executor(ExecutorConfig(workers=refs_cfg.workers))
+        bar = _bar(progress, total=n, initial=len(records), desc=f"references on {device}")
         try:
-            for i in solo:
-                model = init_model(spec, refs_cfg.seed + i)
-                with torch_threads(timing_threads(device)):
-                    seconds = train_plain(model, retain, recipe, class_weights=weights, seed=refs_cfg.seed + i, device=device)
-                record(i, finish(model), seconds, "plain", True)
-            results = train_many(
-                spec,
-                retain,
-                recipe,
-                seeds=[refs_cfg.seed + i for i in rest],
-                class_weights=weights,
-                device=device,
-                path=path,
-                workers=refs_cfg.workers,
-                vmap_chunk=refs_cfg.vmap_chunk,
-                finish=finish,
-                keep_weights=False,
-            )
-            for result in results:
-                record(rest[result.index], result.output, result.seconds, result.path, False)
+            for unit, result in run_reference_units(
+                executor, task, missing, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device
+            ):
+                for model in result["models"]:
+                    records[model["index"]] = {key: model[key] for key in _PER_MODEL}
+                    _write_record(folder, model["index"], records[model["index"]])
+                    bar.update(1)
         finally:
             bar.close()
+            if owned:
+                executor.close()
     return _assemble(meta, [records[i] for i in range(n)])
+
+
+def run_reference_units(
+    executor: Executor,
+    task: Task,
+    indices: list[int],
+    *,
+    model_cfg: ModelConfig,
+    recipe: RecipeConfig,
+    refs_cfg: ReferencesConfig,
+    device: str,
+) -> Iterator[tuple[TrainReferences, dict[str, Any]]]:
+    """Train reference models `indices` (seed refs_cfg.seed + i) on `executor`; yield each unit's result.
+
+    Models below refs_cfg.solo_first train first, one unit at a time with nothing beside them (their
+    times set the time cap); the rest by refs_cfg.training_path: "processes" one model per unit
+    (one-thread processes side by side: the fastest on CPUs), "vmap" a chunk of models per unit
+    (the fastest on GPUs), "loop" all in one unit. A unit that fails raises: the metric needs all N.
+    """
+    retain = task.arrays("retain")
+    spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
+    key = f"{task.fingerprint}-{refs_cfg.seed}"
+    resources = executor.reference_resources()
+    common = {
+        "spec": spec,
+        "recipe": recipe,
+        "device": device,
+        "threads": executor.unit_threads(resources),
+        "retain": executor.share(f"retain-{key}", dict(retain)),  # full: the plain recipe reads it through a loader
+        "evaluation": executor.share(
+            f"evaluation-{key}", {name: labelled(task.arrays(name)) for name in ("forget", "retain", "test")}
+        ),
+        "class_weights": tuple(float(w) for w in class_weights(retain["age_group"], model_cfg.num_classes)),
+        "vmap_chunk": refs_cfg.vmap_chunk,
+    }
+    solo = [i for i in indices if i < refs_cfg.solo_first]
+    rest = [i for i in indices if i >= refs_cfg.solo_first]
+    path = refs_cfg.training_path
+    if path == "auto":
+        path = choose_path(device, n_models=len(rest))
+    if path not in TRAINING_PATHS:
+        raise HarnessError(f"references.training_path must be auto, loop, processes or vmap, got {path!r}")
+    groups = {"processes": 1, "vmap": refs_cfg.vmap_chunk, "loop": max(1, len(rest))}[path]
+    solo_threads = {"threads": timing_threads(device)}  # the time cap's basis: the sandbox's thread count
+    batches = [[TrainReferences(indices=(i,), seeds=(refs_cfg.seed + i,), path="plain", label="plain",
+                                **{**common, **solo_threads})] for i in solo]
+    batches.append([
+        TrainReferences(indices=tuple(chunk), seeds=tuple(refs_cfg.seed + i for i in chunk),
+                        path="loop" if path == "processes" else path, label=path, **common)
+        for chunk in (rest[j:j + groups] for j in range(0, len(rest), groups))
+    ])
+    for batch in batches:
+        for unit, result in executor.submit_all(train_reference_models, batch, resources=resources):
+            if isinstance(result, UnitFailure):
+                raise HarnessError(f"training reference models {list(unit.indices)} failed ({result.kind}): {result.message}")
+            yield unit, result
 
 
 def measure_retrain_time(
@@ -287,17 +311,6 @@ def import_references(path: str | Path, cache_dir: str | Path) -> str:
     for i in range(refs.n_models):
         _write_record(folder, i, _record_of(refs, i))
     return refs.cache_key
-
-
-def _evaluation(model, *, forget, retain, test, device) -> dict[str, Any]:
-    """A reference's record: evaluated where it was trained (in a pool's worker, in parallel)."""
-    ev = evaluate(model, forget=forget, retain=retain, test=test, device=device)
-    return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
-
-
-def _labelled(arrays) -> dict[str, np.ndarray]:
-    """Only what evaluation reads, so less travels to worker processes."""
-    return {"image": arrays["image"], "age_group": arrays["age_group"]}
 
 
 def _imported_stand_in(cache_dir: str | Path, meta: dict[str, Any], n: int) -> References | None:

@@ -10,14 +10,13 @@ stopped without redoing or losing anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import shutil
 import sys
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,18 +24,19 @@ import torch
 from harness import __version__
 from harness.baselines import BASELINES, baseline_path
 from harness.config import Config, resolve_device
+from harness.data.loaders import class_weights as compute_class_weights
 from harness.data.loaders import save_split
 from harness.data.task import Task, build_task
 from harness.errors import HarnessError, SubmissionError
-from harness.evaluation import evaluate
-from harness.models import ModelSpec, build_model, load_checkpoint, load_weights, save_weights
+from harness.executors import Executor, UnitFailure, make_executor
+from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
-from harness.sandbox import RunResult, WorkerSpec, resolve_backend, run_worker
+from harness.sandbox import WorkerSpec, resolve_backend
 from harness.scoring import METRIC_VERSION, Score, reference_noise_floor, score_run_records
 from harness.statuses import Status
 from harness.store import Store, file_version
-from harness.training import init_model, timing_threads, torch_threads, train_model
-from harness.data.loaders import class_weights as compute_class_weights
+from harness.training import init_model, timing_threads
+from harness.units import RunSubmission, TrainOriginal, labelled, run_submission, train_original
 
 LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
@@ -71,6 +71,16 @@ class Prepared:
     time_cap_s: float
     time_cap_basis: dict
     noise_floor: float | None
+
+
+def check_sizes(cfg: Config) -> None:
+    """The metric compares N unlearned models with N retrained ones: both counts must agree."""
+    if cfg.submissions.n_runs != cfg.references.n_models:
+        raise HarnessError(
+            f"submissions.n_runs ({cfg.submissions.n_runs}) must equal references.n_models ({cfg.references.n_models}) "
+            f"in {cfg.source or 'the config'}: the metric compares as many runs as retrained models; set both "
+            "(on the command line: --n-runs and --n-models)"
+        )
 
 
 def run_seeds(cfg: Config, leaderboard: str, n_runs: int) -> list[int]:
@@ -114,16 +124,29 @@ def discover_entries(
     return entries
 
 
-def prepare(cfg: Config, *, leaderboard: str = "public", progress: bool = True, log: Callable[[str], None] = print) -> Prepared:
-    """Build the task, the original model, the references and the time cap (all cached)."""
-    device = resolve_device(cfg.device)
+def prepare(
+    cfg: Config,
+    *,
+    leaderboard: str = "public",
+    executor: Executor | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Prepared:
+    """Build the task, the original model, the references and the time cap (all cached); the
+    training runs as units on `executor` (a local pool by cfg.executor when None)."""
+    with _borrowed(cfg, executor) as executor:
+        return _prepare(cfg, leaderboard, executor, progress, log)
+
+
+def _prepare(cfg: Config, leaderboard: str, executor: Executor, progress: bool, log: Callable[[str], None]) -> Prepared:
+    device = units_device(cfg)
     run_dir = cfg.run_dir
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(task_config_for(cfg, leaderboard))
     log(f"task: {task.description}")
 
-    original_path = _original(cfg, task, device=device, cache_dir=cache_dir, log=log)
+    original_path = _original(cfg, task, device=device, cache_dir=cache_dir, executor=executor, log=log)
 
     data_dir = run_dir / "data" / f"{leaderboard}-{task.fingerprint[:12]}"
     if not (data_dir / "val.npz").exists():
@@ -139,6 +162,7 @@ def prepare(cfg: Config, *, leaderboard: str = "public", progress: bool = True, 
         device=device,
         cache_dir=cache_dir,
         progress=progress,
+        executor=executor,
     )
     time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log)
     return Prepared(
@@ -156,7 +180,24 @@ def prepare(cfg: Config, *, leaderboard: str = "public", progress: bool = True, 
     )
 
 
-def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, log) -> Path:
+def units_device(cfg: Config) -> str:
+    """Where units compute: the driver's choice, or CUDA when Ray units ask for GPUs the driver may lack."""
+    if cfg.device == "auto" and cfg.executor.kind == "ray" and cfg.executor.gpus_per_unit > 0:
+        return "cuda"
+    return resolve_device(cfg.device)
+
+
+@contextlib.contextmanager
+def _borrowed(cfg: Config, executor: Executor | None) -> Iterator[Executor]:
+    """`executor`, or one made from cfg.executor for this call and closed after it."""
+    if executor is not None:
+        yield executor
+        return
+    with make_executor(cfg.executor) as owned:
+        yield owned
+
+
+def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor: Executor, log) -> Path:
     """The provided checkpoint, validated, or the recipe's model trained on train (cached)."""
     spec = ModelSpec(cfg.model.name, cfg.model.num_classes, int(task.images.shape[1]))
     model = init_model(spec, cfg.seed)  # a seeded init: the same config gives the same original
@@ -177,9 +218,17 @@ def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, log) -> 
     if not cfg.model.checkpoint:
         log(f"training the original model ({cfg.model.name}, {cfg.recipe.epochs} epochs) on {device}")
         train = task.arrays("train")
-        weights = compute_class_weights(train["age_group"], cfg.model.num_classes)
-        with torch_threads(timing_threads(device)):  # one thread on CPUs: bitwise reproducible
-            train_model(model, train, cfg.recipe, class_weights=weights, seed=cfg.seed, device=device)
+        resources = executor.default_resources()
+        unit = TrainOriginal(
+            spec=spec, recipe=cfg.recipe, seed=cfg.seed, device=device,
+            threads=timing_threads(device),  # one thread on CPUs: bitwise reproducible
+            train=executor.share(f"train-{task.fingerprint}", labelled(train)),
+            class_weights=tuple(float(w) for w in compute_class_weights(train["age_group"], cfg.model.num_classes)),
+        )
+        [(_, result)] = executor.submit_all(train_original, [unit], resources=resources)
+        if isinstance(result, UnitFailure):
+            raise HarnessError(f"training the original model failed ({result.kind}): {result.message}")
+        model.load_state_dict({key: torch.from_numpy(value) for key, value in result["state"].items()})
     save_weights(model, path)
     return path
 
@@ -211,107 +260,159 @@ class EntryResult:
     reason: str | None
     score: Score | None
     run_times_s: list[float]
+    unit_timings: tuple[dict, ...] = ()  # how each unit spent its time (units.run_submission)
 
 
-def score_entry(
+def score_entries(
     prep: Prepared,
-    entry: Entry,
+    entries: list[Entry],
     store: Store,
     *,
+    executor: Executor,
     n_runs: int,
     backend: str,
     batch_format_override: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> EntryResult:
-    """Run one entry's missing runs in its sandbox, evaluate each as it lands, then score it."""
-    cfg = prep.cfg
-    sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
-    seeds = run_seeds(cfg, prep.leaderboard, n_runs)
-    recorded = store.finished_runs(sub_id, prep.leaderboard)
-    failed_before = [r for r in store.runs(sub_id, prep.leaderboard) if r["status"] != Status.OK.value]
-    todo = [i for i in range(n_runs) if i not in recorded]
-    if todo and not failed_before and entry.kind == "oracle":
-        _oracle_runs(prep, store, sub_id, n_runs, progress=progress)
-    elif todo and not failed_before:
-        _execute(prep, entry, store, sub_id, [(i, seeds[i]) for i in todo], backend=backend,
-                 batch_format_override=batch_format_override, progress=progress)
-    return _score(prep, entry, store, sub_id, n_runs)
+) -> list[EntryResult]:
+    """Every entry's missing runs as units on `executor`, each run committed as its unit returns and
+    each entry scored once all its units are back; results in the order of `entries`.
 
-
-def _execute(prep: Prepared, entry: Entry, store: Store, sub_id: int, runs: list[tuple[int, int]], *, backend: str,
-             batch_format_override: str | None, progress: bool) -> None:
-    cfg = prep.cfg
-    work = prep.run_dir / "work" / f"{prep.leaderboard}-{entry.version}"
-    inbox, outbox = work / "inbox", work / "outbox"
-    shutil.rmtree(work, ignore_errors=True)
-    inbox.mkdir(parents=True)
-    outbox.mkdir(parents=True)
-    shutil.copyfile(entry.path, inbox / "submission.py")
-    shutil.copyfile(prep.original_path, inbox / "original.safetensors")
-    for split in ("retain", "forget", "val"):
-        _link_or_copy(prep.data_dir / f"{split}.npz", inbox / f"{split}.npz")
-    spec = WorkerSpec(
-        model=cfg.model.name,
-        num_classes=cfg.model.num_classes,
-        in_channels=int(prep.task.images.shape[1]),
-        batch_size=cfg.task.batch_size,
-        batch_format=cfg.task.batch_format,
-        device=prep.device,
-        seeds=tuple(seed for _, seed in runs),
-        time_cap_s=None if entry.exempt else prep.time_cap_s,
-        batch_format_override=batch_format_override,
-        deterministic=cfg.deterministic,
-    )
-    (inbox / "spec.json").write_text(spec.to_json())
-    evaluator = _Evaluator(prep)
-
-    def on_run(result: RunResult) -> None:
-        index, seed = runs[result.index]  # result.index is the run's position in the spec
-        measures: dict = {}
-        status, reason = result.status, result.reason
-        if status == Status.OK.value:
-            if result.weights_path is None:
-                status, reason = Status.BAD_WEIGHTS.value, "the run reported success but returned no weights file"
-            else:
-                measures = evaluator(Path(result.weights_path))
-                Path(result.weights_path).unlink(missing_ok=True)
-        store.record_run(
-            sub_id,
-            leaderboard=prep.leaderboard,
-            run_index=index,
-            seed=seed,
-            status=status,
-            reason=reason or "",
-            seconds=result.seconds,
-            peak_mem_mb=result.peak_mem_mb,
-            log=result.log or "",
-            retain_acc=measures.get("retain_acc"),
-            test_acc=measures.get("test_acc"),
-            forget_acc=measures.get("forget_acc"),
-            confs=measures.get("forget_confs"),
-        )
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # leave the cores to the sandboxed worker while it runs
+    An entry with a failed run is not run again (its failure is its result); one whose unit was
+    lost to the infrastructure or broke the harness gets a failed score and no run rows, so a
+    rerun retries exactly the missing runs.
+    """
+    results: dict[int, EntryResult] = {}
+    plans: dict[int, _Plan] = {}
+    for position, entry in enumerate(entries):
+        try:
+            sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
+            recorded = store.finished_runs(sub_id, prep.leaderboard)
+            failed_before = [r for r in store.runs(sub_id, prep.leaderboard) if r["status"] != Status.OK.value]
+            todo = [i for i in range(n_runs) if i not in recorded]
+            if todo and not failed_before and entry.kind == "oracle":
+                _oracle_runs(prep, store, sub_id, n_runs, executor=executor, progress=progress)
+            elif todo and not failed_before:
+                plans[position] = _Plan(entry, sub_id, todo)
+                continue
+            results[position] = _score(prep, entry, store, sub_id, n_runs)
+        except Exception as exc:  # noqa: BLE001 - this entry's trouble is its row, never the others' end
+            results[position] = _failed_entry(prep, entry, store, Status.SANDBOX_ERROR, _reason(exc))
+        log(_one_line(results[position]))
+    units = [unit for position, plan in plans.items()
+             for unit in _submission_units(prep, position, plan, executor, n_runs=n_runs, backend=backend,
+                                           batch_format_override=batch_format_override)]
+    bar = _bar(progress, sum(len(plan.todo) for plan in plans.values()), f"runs ({prep.leaderboard})")
     try:
-        run_worker(
-            inbox,
-            outbox,
-            n_runs=len(runs),
-            time_cap_s=spec.time_cap_s,
-            backend=backend,
-            limits=cfg.sandbox,
-            device=prep.device,
-            on_run=on_run,
-            grace_s=cfg.time_cap.grace_s,
-        )
+        for unit, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources()):
+            position = unit.tag
+            plan = plans[position]
+            plan.pending -= 1
+            if isinstance(outcome, UnitFailure):
+                status = Status.WORKER_DIED if outcome.kind == "lost" else Status.SANDBOX_ERROR
+                plan.failure = plan.failure or (status, f"runs {_span(unit.run_indices)}: {outcome.message}")
+            else:
+                plan.timings.append(outcome["timings"])
+                for run in outcome["runs"]:
+                    _record_run(store, prep, plan.sub_id, run)
+            bar.update(len(unit.run_indices))
+            if plan.pending == 0:
+                try:
+                    if plan.failure is not None:
+                        results[position] = _failed_entry(prep, plan.entry, store, *plan.failure)
+                    else:
+                        results[position] = _score(prep, plan.entry, store, plan.sub_id, n_runs)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    results[position] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
+                results[position] = replace(results[position], unit_timings=tuple(plan.timings))
+                log(_one_line(results[position]))
     finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(inbox, ignore_errors=True)
+        bar.close()
+    return [results[position] for position in range(len(entries))]
 
 
-def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, progress: bool) -> None:
+def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
+    """One entry's missing runs and its score (score_entries for one)."""
+    with _borrowed(prep.cfg, executor) as executor:
+        return score_entries(prep, [entry], store, executor=executor, **kwargs)[0]
+
+
+@dataclass
+class _Plan:
+    """An entry being run: its missing runs, units still out, and the first unit failure."""
+
+    entry: Entry
+    sub_id: int
+    todo: list[int]
+    pending: int = 0
+    failure: tuple[Status, str] | None = None
+    timings: list[dict] = field(default_factory=list)
+
+
+def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, *, n_runs: int, backend: str,
+                      batch_format_override: str | None) -> list[RunSubmission]:
+    """The entry's missing runs split into units of executor.runs_per_unit runs (default: spread
+    evenly over the executor's slots, so one entry alone still fills the machine)."""
+    cfg, entry = prep.cfg, plan.entry
+    seeds = run_seeds(cfg, prep.leaderboard, n_runs)
+    resources = executor.default_resources()
+    per_unit = cfg.executor.runs_per_unit or -(-len(plan.todo) // executor.slots(resources))
+    data_key = f"{prep.leaderboard}-{prep.task.fingerprint[:16]}"
+    common = {
+        "team": entry.team,
+        "source": entry.path.read_bytes(),
+        "original": executor.share(f"original-{file_version(prep.original_path)}", prep.original_path.read_bytes()),
+        "data": executor.share(f"data-{data_key}", {split: prep.task.arrays(split) for split in ("retain", "forget", "val")}),
+        "evaluation": executor.share(f"evaluation-{data_key}",
+                                     {name: labelled(prep.task.arrays(name)) for name in ("forget", "retain", "test")}),
+        "data_key": data_key,
+        "backend": backend,
+        "limits": cfg.sandbox,
+        "grace_s": cfg.time_cap.grace_s,
+        "device": prep.device,
+        "threads": executor.unit_threads(resources),
+        "work_root": str(prep.run_dir / "work") if cfg.executor.kind == "local" else None,
+        "tag": position,
+    }
+    units = []
+    for first in range(0, len(plan.todo), per_unit):
+        indices = tuple(plan.todo[first:first + per_unit])
+        spec = WorkerSpec(
+            model=cfg.model.name,
+            num_classes=cfg.model.num_classes,
+            in_channels=int(prep.task.images.shape[1]),
+            batch_size=cfg.task.batch_size,
+            batch_format=cfg.task.batch_format,
+            device=prep.device,
+            seeds=tuple(seeds[i] for i in indices),
+            time_cap_s=None if entry.exempt else prep.time_cap_s,
+            batch_format_override=batch_format_override,
+            deterministic=cfg.deterministic,
+        )
+        units.append(RunSubmission(spec=spec, run_indices=indices, **common))
+    plan.pending = len(units)
+    return units
+
+
+def _record_run(store: Store, prep: Prepared, sub_id: int, run: dict) -> None:
+    store.record_run(
+        sub_id,
+        leaderboard=prep.leaderboard,
+        run_index=run["index"],
+        seed=run["seed"],
+        status=run["status"],
+        reason=run["reason"],
+        seconds=run["seconds"],
+        peak_mem_mb=run["peak_mem_mb"],
+        log=run["log"],
+        retain_acc=run.get("retain_acc"),
+        test_acc=run.get("test_acc"),
+        forget_acc=run.get("forget_acc"),
+        confs=run.get("confs"),
+    )
+
+
+def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, executor: Executor, progress: bool) -> None:
     """The retrain oracle: a second, independent set of models retrained on retain by the harness.
 
     Trained by the config's own recipe (trusted code, no sandbox), so it matches the references
@@ -322,7 +423,7 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, prog
     refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
-                              device=prep.device, cache_dir=cache_dir, progress=progress)
+                              device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor)
     done = store.finished_runs(sub_id, prep.leaderboard)
     for i in range(n_runs):
         if i in done:
@@ -333,28 +434,20 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, prog
                          forget_acc=float(oracle.forget_acc[i]), confs=oracle.confs[i])
 
 
-class _Evaluator:
-    """Trusted evaluation of returned weights, outside the sandbox."""
-
-    def __init__(self, prep: Prepared) -> None:
-        self.prep = prep
-        self.model = build_model(prep.cfg.model.name, num_classes=prep.cfg.model.num_classes,
-                                 in_channels=int(prep.task.images.shape[1]))
-        self.forget = prep.task.arrays("forget")
-        self.retain = prep.task.arrays("retain")
-        self.test = prep.task.arrays("test")
-
-    def __call__(self, weights_path: Path) -> dict:
-        load_weights(self.model, weights_path)
-        ev = evaluate(self.model, forget=self.forget, retain=self.retain, test=self.test, device=self.prep.device)
-        return {"forget_confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
+def _failed_entry(prep: Prepared, entry: Entry, store: Store, status: Status, reason: str) -> EntryResult:
+    sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
+    store.record_score(sub_id, leaderboard=prep.leaderboard, status=status.value, reason=reason, metric_version=METRIC_VERSION)
+    return EntryResult(entry, sub_id, status.value, reason, None, [])
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, HarnessError):
+        return str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _span(indices: tuple[int, ...]) -> str:
+    return f"{indices[0]}..{indices[-1]}" if len(indices) > 1 else str(indices[0])
 
 
 def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int) -> EntryResult:
@@ -400,31 +493,18 @@ def run_competition(
     """Score every entry on every leaderboard, then write the leaderboards. Returns the public table."""
     from harness.leaderboard import build_leaderboard, write_leaderboard
 
+    check_sizes(cfg)
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=False)
     entries = discover_entries(cfg, submissions_dir=submissions_dir, baselines=baselines, all_baselines=all_baselines)
     store = open_store(cfg)
-    for leaderboard in leaderboards:
-        prep = prepare(cfg, leaderboard=leaderboard, progress=progress, log=log)
-        _record_prepared(store, prep)
-        for entry in _progress(entries, progress, f"scoring ({leaderboard})"):
-            result = _score_safely(prep, entry, store, n_runs=cfg.submissions.n_runs, backend=backend, progress=progress, log=log)
-            log(_one_line(result))
+    with make_executor(cfg.executor) as executor:
+        for leaderboard in leaderboards:
+            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, progress=progress, log=log)
+            _record_prepared(store, prep)
+            score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
+                          progress=progress, log=log)
     write_leaderboard(store, cfg.run_dir)
     return build_leaderboard(store, leaderboard="public")
-
-
-def _score_safely(prep: Prepared, entry: Entry, store: Store, **kwargs) -> EntryResult:
-    """One entry's failure of the harness's own making is a row, never the end of the others."""
-    try:
-        return score_entry(prep, entry, store, **kwargs)
-    except HarnessError as exc:
-        reason = str(exc).splitlines()[0]
-    except Exception as exc:  # noqa: BLE001 - the sandbox or evaluation broke for this entry alone
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
-    store.record_score(sub_id, leaderboard=prep.leaderboard, status=Status.SANDBOX_ERROR.value, reason=reason,
-                       metric_version=METRIC_VERSION)
-    return EntryResult(entry, sub_id, Status.SANDBOX_ERROR.value, reason, None, [])
 
 
 def _record_prepared(store: Store, prep: Prepared) -> None:
@@ -443,12 +523,10 @@ def _record_prepared(store: Store, prep: Prepared) -> None:
     store.set_meta(**{f"task_{prep.leaderboard}": prep.task.description})
 
 
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
+def _bar(enabled: bool, total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="entry", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="run", disable=not enabled, file=sys.stderr)
 
 
 def _one_line(result: EntryResult) -> str:
@@ -472,13 +550,15 @@ def dry_run(
     path = Path(submission)
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; pass the path of a .py file defining unlearning()")
+    check_sizes(cfg)
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=True)
     store = open_store(cfg, allow_change=True)
-    prep = prepare(cfg, progress=progress, log=log)
-    _record_prepared(store, prep)
     entry = Entry(team=path.stem, path=path, kind="submission", exempt=False)
-    result = _score_safely(prep, entry, store, n_runs=cfg.submissions.n_runs, backend=backend,
-                           batch_format_override=batch_format, progress=progress, log=log)
+    with make_executor(cfg.executor) as executor:
+        prep = prepare(cfg, executor=executor, progress=progress, log=log)
+        _record_prepared(store, prep)
+        [result] = score_entries(prep, [entry], store, executor=executor, n_runs=cfg.submissions.n_runs,
+                                 backend=backend, batch_format_override=batch_format, progress=progress, log=log)
     return dry_run_record(result, prep)
 
 

@@ -148,7 +148,7 @@ def test_dry_run_batch_format_override_feeds_tuples(tmp_path):
 def test_run_competition_survives_sigkill_and_resumes(tmp_path):
     """Kill the runner with SIGKILL mid-competition; the rerun keeps every finished run."""
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(f"include: {TINY}\noutput: {{dir: {tmp_path / 'runs'}}}\nsubmissions: {{n_runs: 6}}\n")
+    cfg_path.write_text(f"include: {TINY}\noutput: {{dir: {tmp_path / 'runs'}}}\nsubmissions: {{n_runs: 6}}\nreferences: {{n_models: 6}}\n")
     cmd = [sys.executable, "-m", "harness.cli", "run", str(cfg_path), "--quiet", "--unsafe-no-sandbox"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "runs" / "tiny" / "results.sqlite"
