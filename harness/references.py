@@ -37,6 +37,7 @@ from harness.training import (
     torch_threads,
     train_plain,
 )
+from harness.timing import Timings
 from harness.units import TrainReferences, labelled
 from harness.units import train_references as train_reference_models
 
@@ -123,6 +124,7 @@ def train_references(
     cache_dir: str | Path,
     progress: bool = True,
     executor: Executor | None = None,
+    timings: Timings | None = None,
 ) -> References:
     """The N = refs_cfg.n_models references: cached ones loaded, missing ones trained and cached.
 
@@ -130,7 +132,9 @@ def train_references(
     refs_cfg.solo_first train one at a time by the plain loop, so their times can set the time cap
     (measure_retrain_time); the rest take refs_cfg.training_path. An imported set with the same
     portable key and at least N models is used instead when the local cache is incomplete.
+    `timings` collects where the time went (harness.timing).
     """
+    timings = timings or Timings()
     n = refs_cfg.n_models
     if n < 2:
         raise HarnessError(f"references.n_models must be >= 2 (the metric compares distributions), got {n}")
@@ -152,9 +156,11 @@ def train_references(
             for unit, result in run_reference_units(
                 executor, task, missing, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device
             ):
+                timings.merge(result["timings"])
                 for model in result["models"]:
                     records[model["index"]] = {key: model[key] for key in _PER_MODEL}
-                    _write_record(folder, model["index"], records[model["index"]])
+                    with timings.measure("store"):
+                        _write_record(folder, model["index"], records[model["index"]])
                     bar.update(1)
         finally:
             bar.close()

@@ -25,7 +25,6 @@ from harness import __version__
 from harness.baselines import BASELINES, baseline_path
 from harness.config import Config, resolve_device
 from harness.data.loaders import class_weights as compute_class_weights
-from harness.data.loaders import save_split
 from harness.data.task import Task, build_task
 from harness.errors import HarnessError, SubmissionError
 from harness.executors import Executor, UnitFailure, make_executor
@@ -35,6 +34,7 @@ from harness.sandbox import WorkerSpec, resolve_backend
 from harness.scoring import METRIC_VERSION, Score, reference_noise_floor, score_run_records
 from harness.statuses import Status
 from harness.store import Store, file_version
+from harness.timing import Timings
 from harness.training import init_model, timing_threads
 from harness.units import RunSubmission, TrainOriginal, labelled, run_submission, train_original
 
@@ -65,7 +65,6 @@ class Prepared:
     device: str
     task: Task
     run_dir: Path
-    data_dir: Path  # retain/forget/val .npz handed to the sandbox
     original_path: Path
     references: References
     time_cap_s: float
@@ -129,30 +128,27 @@ def prepare(
     *,
     leaderboard: str = "public",
     executor: Executor | None = None,
+    timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Prepared:
     """Build the task, the original model, the references and the time cap (all cached); the
     training runs as units on `executor` (a local pool by cfg.executor when None)."""
     with _borrowed(cfg, executor) as executor:
-        return _prepare(cfg, leaderboard, executor, progress, log)
+        return _prepare(cfg, leaderboard, executor, timings or Timings(), progress, log)
 
 
-def _prepare(cfg: Config, leaderboard: str, executor: Executor, progress: bool, log: Callable[[str], None]) -> Prepared:
+def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings, progress: bool,
+             log: Callable[[str], None]) -> Prepared:
     device = units_device(cfg)
     run_dir = cfg.run_dir
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    task = build_task(task_config_for(cfg, leaderboard))
+    with timings.measure("task"):
+        task = build_task(task_config_for(cfg, leaderboard))
     log(f"task: {task.description}")
 
-    original_path = _original(cfg, task, device=device, cache_dir=cache_dir, executor=executor, log=log)
-
-    data_dir = run_dir / "data" / f"{leaderboard}-{task.fingerprint[:12]}"
-    if not (data_dir / "val.npz").exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for split in ("retain", "forget", "val"):
-            save_split(data_dir / f"{split}.npz", task.arrays(split))
+    original_path = _original(cfg, task, device=device, cache_dir=cache_dir, executor=executor, timings=timings, log=log)
 
     refs = train_references(
         task,
@@ -163,6 +159,7 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, progress: bool, 
         cache_dir=cache_dir,
         progress=progress,
         executor=executor,
+        timings=timings,
     )
     time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log)
     return Prepared(
@@ -171,7 +168,6 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, progress: bool, 
         device=device,
         task=task,
         run_dir=run_dir,
-        data_dir=data_dir,
         original_path=original_path,
         references=refs,
         time_cap_s=time_cap_s,
@@ -197,7 +193,7 @@ def _borrowed(cfg: Config, executor: Executor | None) -> Iterator[Executor]:
         yield owned
 
 
-def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor: Executor, log) -> Path:
+def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor: Executor, timings: Timings, log) -> Path:
     """The provided checkpoint, validated, or the recipe's model trained on train (cached)."""
     spec = ModelSpec(cfg.model.name, cfg.model.num_classes, int(task.images.shape[1]))
     model = init_model(spec, cfg.seed)  # a seeded init: the same config gives the same original
@@ -228,6 +224,7 @@ def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor
         [(_, result)] = executor.submit_all(train_original, [unit], resources=resources)
         if isinstance(result, UnitFailure):
             raise HarnessError(f"training the original model failed ({result.kind}): {result.message}")
+        timings.merge(result["timings"])
         model.load_state_dict({key: torch.from_numpy(value) for key, value in result["state"].items()})
     save_weights(model, path)
     return path
@@ -272,6 +269,7 @@ def score_entries(
     n_runs: int,
     backend: str,
     batch_format_override: str | None = None,
+    timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[EntryResult]:
@@ -282,6 +280,7 @@ def score_entries(
     lost to the infrastructure or broke the harness gets a failed score and no run rows, so a
     rerun retries exactly the missing runs.
     """
+    timings = timings or Timings()
     results: dict[int, EntryResult] = {}
     plans: dict[int, _Plan] = {}
     for position, entry in enumerate(entries):
@@ -291,11 +290,11 @@ def score_entries(
             failed_before = [r for r in store.runs(sub_id, prep.leaderboard) if r["status"] != Status.OK.value]
             todo = [i for i in range(n_runs) if i not in recorded]
             if todo and not failed_before and entry.kind == "oracle":
-                _oracle_runs(prep, store, sub_id, n_runs, executor=executor, progress=progress)
+                _oracle_runs(prep, store, sub_id, n_runs, executor=executor, timings=timings, progress=progress)
             elif todo and not failed_before:
                 plans[position] = _Plan(entry, sub_id, todo)
                 continue
-            results[position] = _score(prep, entry, store, sub_id, n_runs)
+            results[position] = _score(prep, entry, store, sub_id, n_runs, timings)
         except Exception as exc:  # noqa: BLE001 - this entry's trouble is its row, never the others' end
             results[position] = _failed_entry(prep, entry, store, Status.SANDBOX_ERROR, _reason(exc))
         log(_one_line(results[position]))
@@ -313,15 +312,17 @@ def score_entries(
                 plan.failure = plan.failure or (status, f"runs {_span(unit.run_indices)}: {outcome.message}")
             else:
                 plan.timings.append(outcome["timings"])
-                for run in outcome["runs"]:
-                    _record_run(store, prep, plan.sub_id, run)
+                timings.merge(outcome["timings"])
+                with timings.measure("store"):
+                    for run in outcome["runs"]:
+                        _record_run(store, prep, plan.sub_id, run)
             bar.update(len(unit.run_indices))
             if plan.pending == 0:
                 try:
                     if plan.failure is not None:
                         results[position] = _failed_entry(prep, plan.entry, store, *plan.failure)
                     else:
-                        results[position] = _score(prep, plan.entry, store, plan.sub_id, n_runs)
+                        results[position] = _score(prep, plan.entry, store, plan.sub_id, n_runs, timings)
                 except Exception as exc:  # noqa: BLE001 - as above
                     results[position] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
                 results[position] = replace(results[position], unit_timings=tuple(plan.timings))
@@ -412,7 +413,8 @@ def _record_run(store: Store, prep: Prepared, sub_id: int, run: dict) -> None:
     )
 
 
-def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, executor: Executor, progress: bool) -> None:
+def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, executor: Executor, timings: Timings,
+                 progress: bool) -> None:
     """The retrain oracle: a second, independent set of models retrained on retain by the harness.
 
     Trained by the config's own recipe (trusted code, no sandbox), so it matches the references
@@ -423,7 +425,8 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, exec
     refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
-                              device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor)
+                              device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor,
+                              timings=timings)
     done = store.finished_runs(sub_id, prep.leaderboard)
     for i in range(n_runs):
         if i in done:
@@ -450,8 +453,9 @@ def _span(indices: tuple[int, ...]) -> str:
     return f"{indices[0]}..{indices[-1]}" if len(indices) > 1 else str(indices[0])
 
 
-def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int) -> EntryResult:
-    rows = sorted(store.runs(sub_id, prep.leaderboard), key=lambda r: r["run_index"])[:n_runs]
+def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int, timings: Timings) -> EntryResult:
+    with timings.measure("store"):
+        rows = sorted(store.runs(sub_id, prep.leaderboard), key=lambda r: r["run_index"])[:n_runs]
     times = [float(r["seconds"]) for r in rows if r["seconds"] is not None]
     failed = [r for r in rows if r["status"] != Status.OK.value]
     cap = None if entry.exempt else prep.time_cap_s
@@ -460,13 +464,17 @@ def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int)
         first = failed[0] if failed else None
         status = first["status"] if first else Status.WORKER_DIED.value
         reason = (f"run {first['run_index']}: {first['reason']}" if first else f"only {len(rows)} of {n_runs} runs came back")
-        store.record_score(sub_id, leaderboard=prep.leaderboard, status=status, reason=reason, metric_version=METRIC_VERSION,
-                           n_runs=n_runs, n_ok=len(rows) - len(failed), **common)
+        with timings.measure("store"):
+            store.record_score(sub_id, leaderboard=prep.leaderboard, status=status, reason=reason,
+                               metric_version=METRIC_VERSION, n_runs=n_runs, n_ok=len(rows) - len(failed), **common)
         return EntryResult(entry, sub_id, status, reason, None, times)
-    confs = np.stack([store.load_confs(r) for r in rows])
-    score = score_run_records(rows, confs, prep.references.confs, prep.references, noise_floor=prep.noise_floor)
-    store.record_score(sub_id, leaderboard=prep.leaderboard, status=Status.OK.value, reason="",
-                       metric_version=METRIC_VERSION, score=score, n_runs=n_runs, n_ok=len(rows), **common)
+    with timings.measure("store"):
+        confs = np.stack([store.load_confs(r) for r in rows])
+    with timings.measure("metric"):
+        score = score_run_records(rows, confs, prep.references.confs, prep.references, noise_floor=prep.noise_floor)
+    with timings.measure("store"):
+        store.record_score(sub_id, leaderboard=prep.leaderboard, status=Status.OK.value, reason="",
+                           metric_version=METRIC_VERSION, score=score, n_runs=n_runs, n_ok=len(rows), **common)
     return EntryResult(entry, sub_id, Status.OK.value, None, score, times)
 
 
@@ -487,10 +495,13 @@ def run_competition(
     all_baselines: bool = False,
     leaderboards: tuple[str, ...] = ("public",),
     unsafe_no_sandbox: bool = False,
+    timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ):
-    """Score every entry on every leaderboard, then write the leaderboards. Returns the public table."""
+    """Score every entry on every leaderboard, then write the leaderboards. Returns the public table.
+    `timings` collects where the time went (harness.timing)."""
+    timings = timings or Timings()
     from harness.leaderboard import build_leaderboard, write_leaderboard
 
     check_sizes(cfg)
@@ -499,10 +510,11 @@ def run_competition(
     store = open_store(cfg)
     with make_executor(cfg.executor) as executor:
         for leaderboard in leaderboards:
-            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, progress=progress, log=log)
-            _record_prepared(store, prep)
+            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, timings=timings, progress=progress, log=log)
+            with timings.measure("store"):
+                _record_prepared(store, prep)
             score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
-                          progress=progress, log=log)
+                          timings=timings, progress=progress, log=log)
     write_leaderboard(store, cfg.run_dir)
     return build_leaderboard(store, leaderboard="public")
 

@@ -4,7 +4,7 @@ Each unit is a frozen dataclass of plain values and `Shared` handles, run by a m
 function on whichever executor and node take it; it returns plain arrays and dicts and never
 writes the results store. A unit sets its own torch threads and seeds, so the same unit gives
 the same result on the local pool and on Ray. Each also returns how its time was spent
-(`timings`), measured where each part starts and stops, for scripts/bench_harness.py.
+(`timings`, by harness.timing's parts), measured where each part starts and stops.
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ class TrainOriginal:
 
 
 def train_original(unit: TrainOriginal) -> dict[str, Any]:
-    """{"state": {name: array}, "seconds": training wall time}."""
+    """{"state": {name: array}, "seconds": training wall time, "timings"}."""
+    start = time.perf_counter()
     train = fetch(unit.train)
+    handoff = time.perf_counter() - start
     with torch_threads(unit.threads):
         model = init_model(unit.spec, unit.seed)
         seconds = train_model(model, train, unit.recipe, class_weights=np.asarray(unit.class_weights),
                               seed=unit.seed, device=unit.device)
     state = {key: value.detach().cpu().numpy() for key, value in model.state_dict().items()}
-    return {"state": state, "seconds": seconds}
+    return {"state": state, "seconds": seconds, "timings": {"training": seconds, "handoff": handoff}}
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,10 @@ class TrainReferences:
 
 def train_references(unit: TrainReferences) -> dict[str, Any]:
     """{"models": [one record per index: confs, accuracies, train_seconds, seed, path, solo, hardware],
-    "timings": {"reference_training_s", "evaluation_s"}}."""
+    "timings"}."""
+    start = time.perf_counter()
     retain, sets = fetch(unit.retain), fetch(unit.evaluation)
+    handoff = time.perf_counter() - start
     weights = np.asarray(unit.class_weights)
     hardware = hardware_description(unit.device)
     models: list[dict[str, Any]] = []
@@ -106,8 +110,8 @@ def train_references(unit: TrainReferences) -> dict[str, Any]:
                                      device=unit.device, path=unit.path, vmap_chunk=unit.vmap_chunk):
                 model.load_state_dict(result.state_dict)
                 record(unit.indices[result.index], result.seed, model, result.seconds, False)
-    training_s = sum(m["train_seconds"] for m in models)
-    return {"models": models, "timings": {"reference_training_s": training_s, "evaluation_s": evaluation_s}}
+    training = sum(m["train_seconds"] for m in models)
+    return {"models": models, "timings": {"training": training, "evaluation": evaluation_s, "handoff": handoff}}
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class RunSubmission:
 
 def run_submission(unit: RunSubmission) -> dict[str, Any]:
     """{"runs": [one record per run: index, seed, status, reason, seconds, peak_mem_mb, log and, when
-    ok, confs and accuracies], "timings": {"setup_s", "sandbox_s", "submission_s", "evaluation_s", "cleanup_s"}}.
+    ok, confs and accuracies], "timings"}.
 
     A submission's own failure is a run's status, never an exception; an exception here is the
     harness's or the node's (no sandbox, no disk) and leaves no partial result.
@@ -151,9 +155,12 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{_safe(unit.team)}-", dir=root))
     try:
-        return _run_in(work, data_dir, unit, start)
+        result = _run_in(work, data_dir, unit, start)
     finally:
+        cleanup = time.perf_counter()
         shutil.rmtree(work, ignore_errors=True)
+    result["timings"]["cleanup"] = time.perf_counter() - cleanup
+    return result
 
 
 def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> dict[str, Any]:
@@ -170,7 +177,7 @@ def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> di
     (inbox / "spec.json").write_text(unit.spec.to_json())
     sets = fetch(unit.evaluation)
     model = build_model(unit.spec.model, num_classes=unit.spec.num_classes, in_channels=unit.spec.in_channels)
-    timings = {"setup_s": time.perf_counter() - start, "sandbox_s": 0.0, "submission_s": 0.0, "evaluation_s": 0.0}
+    timings = {"handoff": time.perf_counter() - start, "sandbox": 0.0, "submission": 0.0, "evaluation": 0.0}
     runs: dict[int, dict[str, Any]] = {}
 
     def finish(result) -> None:
@@ -179,7 +186,7 @@ def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> di
             "reason": result.reason or "", "seconds": result.seconds, "peak_mem_mb": result.peak_mem_mb,
             "log": result.log or "",
         }
-        timings["submission_s"] += result.seconds or 0.0
+        timings["submission"] += result.seconds or 0.0
         if run["status"] == Status.OK.value:
             with torch_threads(unit.threads):
                 run.update(_evaluate_run(model, result.weights_path, sets, unit.device, timings))
@@ -193,10 +200,11 @@ def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> di
         results = run_worker(inbox, outbox, n_runs=len(unit.run_indices), time_cap_s=unit.spec.time_cap_s,
                              backend=unit.backend, limits=unit.limits, device=unit.device, grace_s=unit.grace_s,
                              on_run=finish if during else None)
-    timings["sandbox_s"] = time.perf_counter() - sandbox_start - (timings["evaluation_s"] if during else 0.0)
+    sandbox_wall = time.perf_counter() - sandbox_start - (timings["evaluation"] if during else 0.0)
     for result in results:
         if result.index not in runs:
             finish(result)
+    timings["sandbox"] = sandbox_wall - timings["submission"]  # the worker's start and per-run set-up
     return {"runs": [runs[i] for i in sorted(runs)], "timings": timings}
 
 
@@ -207,7 +215,7 @@ def _evaluate_run(model: torch.nn.Module, weights_path: Path | None, sets: dict,
     load_weights(model, weights_path)
     start = time.perf_counter()
     ev = evaluate(model, forget=sets["forget"], retain=sets["retain"], test=sets["test"], device=device)
-    timings["evaluation_s"] += time.perf_counter() - start
+    timings["evaluation"] += time.perf_counter() - start
     Path(weights_path).unlink(missing_ok=True)
     return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
 
