@@ -123,7 +123,7 @@ class ExecutorConfig:
     cpus_per_unit: float = 1.0
     gpus_per_unit: float = 0.0  # a submission's runs and the original
     reference_gpus_per_unit: float | None = None  # None: gpus_per_unit; 0.25 fits four of the recipe's trainings on one GPU
-    runs_per_unit: int | None = None  # a submission's runs per sandboxed worker; None: its runs spread over the slots
+    runs_per_unit: int | None = None  # a submission's runs per sandboxed worker; None: all missing runs spread over the slots
     max_retries: int = 3  # re-runs of a unit whose process or node died (never of one that raised)
     max_in_flight: int | None = None  # units submitted at once; None: twice what can run at once
 

@@ -38,7 +38,7 @@ from harness.training import (
     train_plain,
 )
 from harness.timing import Timings
-from harness.units import TrainReferences, labelled
+from harness.units import TrainReferences, share_evaluation_sets
 from harness.units import train_references as train_reference_models
 
 if TYPE_CHECKING:
@@ -188,17 +188,14 @@ def run_reference_units(
     """
     retain = task.arrays("retain")
     spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
-    key = f"{task.fingerprint}-{refs_cfg.seed}"
     resources = executor.reference_resources()
     common = {
         "spec": spec,
         "recipe": recipe,
         "device": device,
         "threads": executor.unit_threads(resources),
-        "retain": executor.share(f"retain-{key}", dict(retain)),  # full: the plain recipe reads it through a loader
-        "evaluation": executor.share(
-            f"evaluation-{key}", {name: labelled(task.arrays(name)) for name in ("forget", "retain", "test")}
-        ),
+        "retain": executor.share(f"retain-{task.fingerprint}", dict(retain)),  # full: the plain recipe reads it through a loader
+        "evaluation": share_evaluation_sets(executor, task),
         "class_weights": tuple(float(w) for w in class_weights(retain["age_group"], model_cfg.num_classes)),
         "vmap_chunk": refs_cfg.vmap_chunk,
     }

@@ -36,7 +36,7 @@ from harness.statuses import Status
 from harness.store import Store, file_version
 from harness.timing import Timings
 from harness.training import init_model, timing_threads
-from harness.units import RunSubmission, TrainOriginal, labelled, run_submission, train_original
+from harness.units import RunSubmission, TrainOriginal, labelled, run_submission, share_evaluation_sets, train_original
 
 LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
@@ -298,9 +298,12 @@ def score_entries(
         except Exception as exc:  # noqa: BLE001 - this entry's trouble is its row, never the others' end
             results[position] = _failed_entry(prep, entry, store, Status.SANDBOX_ERROR, _reason(exc))
         log(_one_line(results[position]))
+    # each sandboxed worker costs a start (seconds): as few as keep every slot busy
+    slots = executor.slots(executor.default_resources())
+    per_unit = prep.cfg.executor.runs_per_unit or max(1, -(-sum(len(p.todo) for p in plans.values()) // slots))
     units = [unit for position, plan in plans.items()
-             for unit in _submission_units(prep, position, plan, executor, n_runs=n_runs, backend=backend,
-                                           batch_format_override=batch_format_override)]
+             for unit in _submission_units(prep, position, plan, executor, n_runs=n_runs, per_unit=per_unit,
+                                           backend=backend, batch_format_override=batch_format_override)]
     bar = _bar(progress, sum(len(plan.todo) for plan in plans.values()), f"runs ({prep.leaderboard})")
     try:
         for unit, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources()):
@@ -350,22 +353,19 @@ class _Plan:
     timings: list[dict] = field(default_factory=list)
 
 
-def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, *, n_runs: int, backend: str,
-                      batch_format_override: str | None) -> list[RunSubmission]:
-    """The entry's missing runs split into units of executor.runs_per_unit runs (default: spread
-    evenly over the executor's slots, so one entry alone still fills the machine)."""
+def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, *, n_runs: int, per_unit: int,
+                      backend: str, batch_format_override: str | None) -> list[RunSubmission]:
+    """The entry's missing runs split into units of `per_unit` runs, each one sandboxed worker."""
     cfg, entry = prep.cfg, plan.entry
     seeds = run_seeds(cfg, prep.leaderboard, n_runs)
     resources = executor.default_resources()
-    per_unit = cfg.executor.runs_per_unit or -(-len(plan.todo) // executor.slots(resources))
     data_key = f"{prep.leaderboard}-{prep.task.fingerprint[:16]}"
     common = {
         "team": entry.team,
         "source": entry.path.read_bytes(),
         "original": executor.share(f"original-{file_version(prep.original_path)}", prep.original_path.read_bytes()),
         "data": executor.share(f"data-{data_key}", {split: prep.task.arrays(split) for split in ("retain", "forget", "val")}),
-        "evaluation": executor.share(f"evaluation-{data_key}",
-                                     {name: labelled(prep.task.arrays(name)) for name in ("forget", "retain", "test")}),
+        "evaluation": share_evaluation_sets(executor, prep.task),
         "data_key": data_key,
         "backend": backend,
         "limits": cfg.sandbox,

@@ -15,17 +15,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from harness.config import RecipeConfig, SandboxConfig
 from harness.evaluation import evaluate
-from harness.executors import Shared, fetch
+from harness.executors import Executor, Shared, fetch
 from harness.models import ModelSpec, build_model, load_weights
 from harness.statuses import Status
 from harness.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain
+
+if TYPE_CHECKING:
+    from harness.data.task import Task
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,12 @@ def _evaluate_run(model: torch.nn.Module, weights_path: Path | None, sets: dict,
     timings["evaluation"] += time.perf_counter() - start
     Path(weights_path).unlink(missing_ok=True)
     return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
+
+
+def share_evaluation_sets(executor: Executor, task: Task) -> Shared:
+    """The forget, retain and test sets as evaluation reads them, shared once per task."""
+    sets = {name: labelled(task.arrays(name)) for name in ("forget", "retain", "test")}
+    return executor.share(f"evaluation-{task.fingerprint}", sets)
 
 
 def labelled(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -208,3 +208,75 @@ def test_check_baselines_names_what_drifted(competition, tmp_path):
     report = check_baselines(cfg, expected=_expected_file(tmp_path / "e.yaml", table, nudge=0.5))
     assert not report["ok"]
     assert "drifted: do_nothing.final_score" in format_check(report)
+
+
+def test_an_entry_alone_is_spread_over_the_workers(tmp_path):
+    """One entry's runs fill every worker: two workers, two sandboxed units of two runs each."""
+    from harness.executors import make_executor
+    from harness.runner import Entry, open_store, prepare, score_entries
+    from harness.baselines import baseline_path
+
+    cfg = tiny_config(tmp_path, **{"executor.workers": 2})
+    store = open_store(cfg)
+    entry = Entry(team="finetune", path=baseline_path("finetune"), kind="baseline", exempt=False)
+    with make_executor(cfg.executor) as executor:
+        prep = prepare(cfg, executor=executor, progress=False, log=lambda _: None)
+        [result] = score_entries(prep, [entry], store, executor=executor, n_runs=4, backend="none", progress=False,
+                                 log=lambda _: None)
+    assert result.status == "ok"
+    assert len(result.unit_timings) == 2
+    assert sorted(r["run_index"] for r in store.all_runs()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_pool_worker_killed_mid_unit(tmp_path, retries):
+    """SIGKILL the pool worker running a submission's runs. With a retry left the unit runs again
+    and every run is stored once; with none the entry is worker_died with no run rows, and the
+    next run retries exactly those runs."""
+    cfg = tiny_config(tmp_path, **{"executor.workers": 1, "executor.max_retries": retries,
+                                   "submissions.baselines": ["finetune"]})
+    killed = _kill_first_worker_with_a_child()
+    table = run_competition(cfg, unsafe_no_sandbox=True, progress=False, log=lambda _: None)
+    killed["stop"].set()
+    killed["thread"].join()
+    assert killed["pids"], "no pool worker was seen running a unit"
+    row = table.set_index("team").loc["baseline:finetune"]
+    runs = Store(cfg.run_dir / "results.sqlite").all_runs()
+    if retries:
+        assert row["status"] == "ok"
+        assert sorted(r["run_index"] for r in runs) == [0, 1, 2, 3]
+        return
+    assert row["status"] == "worker_died" and "died" in row["reason"]
+    assert runs == []
+    again = run_competition(cfg, unsafe_no_sandbox=True, progress=False, log=lambda _: None)
+    assert again.set_index("team").loc["baseline:finetune", "status"] == "ok"
+    assert sorted(r["run_index"] for r in Store(cfg.run_dir / "results.sqlite").all_runs()) == [0, 1, 2, 3]
+
+
+def _kill_first_worker_with_a_child() -> dict:
+    """In the background: SIGKILL the first process-pool worker of this test seen with a child
+    (its sandboxed worker), once."""
+    import threading
+
+    state = {"pids": [], "stop": threading.Event()}
+
+    def kill() -> None:
+        while not state["stop"].is_set() and not state["pids"]:
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                    parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    children = (proc / "task" / proc.name / "children").read_text().split()
+                except (OSError, ValueError, IndexError):
+                    continue
+                if b"spawn_main" in cmdline and parent == os.getpid() and children:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    state["pids"].append(int(proc.name))
+                    break
+            time.sleep(0.02)
+
+    state["thread"] = threading.Thread(target=kill, daemon=True)
+    state["thread"].start()
+    return state
