@@ -40,7 +40,8 @@ def _json_default(obj: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import run_competition
 
-    cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device")
+    cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device",
+                  executor="executor.kind", address="executor.address")
     table = run_competition(
         cfg,
         submissions_dir=args.submissions,
@@ -66,7 +67,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_dry_run(args: argparse.Namespace) -> int:
     from harness.runner import dry_run
 
-    cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device")
+    cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device",
+                  executor="executor.kind", address="executor.address")
     record = dry_run(
         args.submission,
         cfg,
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-models", type=int, help="reference models (config: references.n_models)")
         p.add_argument("--output", help="folder holding competitions (config: output.dir)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (config: device)")
+        p.add_argument("--executor", choices=["local", "ray"], help="where units run (config: executor.kind)")
+        p.add_argument("--address", help="a Ray cluster's address; none starts a local Ray (config: executor.address)")
         p.add_argument("--unsafe-no-sandbox", action="store_true", help="run submissions in a plain process (trusted code only)")
 
     p = sub.add_parser("run", help="the main job: a whole competition end to end")

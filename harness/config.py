@@ -189,7 +189,7 @@ def resolve_device(device: str) -> str:
 def load_config(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
     """Load a YAML config (the embedded default when `path` is None) and apply dotted overrides."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    data = _read_yaml(path, seen=())
+    data = _shorthands(_read_yaml(path, seen=()))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     return from_dict(data, source=str(path))
@@ -204,7 +204,14 @@ def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
             f"{CONFIG_VERSION}; update the file or the harness"
         )
     data["source"] = source
-    return _build(Config, data, key="", source=source)
+    return _build(Config, _shorthands(data), key="", source=source)
+
+
+def _shorthands(data: dict[str, Any]) -> dict[str, Any]:
+    """`executor: ray` names only the kind."""
+    if isinstance(data.get("executor"), str):
+        data = {**data, "executor": {"kind": data["executor"]}}
+    return data
 
 
 def _read_yaml(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:

@@ -94,3 +94,11 @@ def test_config_hash_ignores_which_entries_are_scored_and_where():
     same = load_config(overrides={"submissions.baselines": ["do_nothing"], "submissions.dir": None, "output.dir": "/x"})
     assert base.hash() == same.hash()
     assert base.hash() != load_config(overrides={"submissions.n_runs": 3}).hash()
+
+
+def test_executor_shorthand_names_the_kind(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("executor: ray\n")
+    assert load_config(path).executor.kind == "ray"
+    cfg = load_config(path, overrides={"executor.address": "127.0.0.1:6379"})
+    assert (cfg.executor.kind, cfg.executor.address) == ("ray", "127.0.0.1:6379")
