@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -301,38 +302,51 @@ def score_entries(
     # each sandboxed worker costs a start (seconds): as few as keep every slot busy
     slots = executor.slots(executor.default_resources())
     per_unit = prep.cfg.executor.runs_per_unit or max(1, -(-sum(len(p.todo) for p in plans.values()) // slots))
-    units = [unit for position, plan in plans.items()
-             for unit in _submission_units(prep, position, plan, executor, n_runs=n_runs, per_unit=per_unit,
-                                           backend=backend, batch_format_override=batch_format_override)]
+    units: list[RunSubmission] = []
+    for position, plan in list(plans.items()):
+        try:
+            units += _submission_units(prep, position, plan, executor, n_runs=n_runs, per_unit=per_unit,
+                                       backend=backend, batch_format_override=batch_format_override)
+        except Exception as exc:  # noqa: BLE001 - as above
+            del plans[position]
+            results[position] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
+            log(_one_line(results[position]))
     bar = _bar(progress, sum(len(plan.todo) for plan in plans.values()), f"runs ({prep.leaderboard})")
     try:
         for unit, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources()):
-            position = unit.tag
-            plan = plans[position]
+            plan = plans[unit.tag]
             plan.pending -= 1
-            if isinstance(outcome, UnitFailure):
-                status = Status.WORKER_DIED if outcome.kind == "lost" else Status.SANDBOX_ERROR
-                plan.failure = plan.failure or (status, f"runs {_span(unit.run_indices)}: {outcome.message}")
-            else:
-                plan.timings.append(outcome["timings"])
-                timings.merge(outcome["timings"])
-                with timings.measure("store"):
-                    for run in outcome["runs"]:
-                        _record_run(store, prep, plan.sub_id, run)
+            try:
+                _take(store, prep, plan, unit, outcome, timings)
+            except Exception as exc:  # noqa: BLE001 - as above
+                plan.failure = plan.failure or (Status.SANDBOX_ERROR, _reason(exc))
             bar.update(len(unit.run_indices))
             if plan.pending == 0:
                 try:
                     if plan.failure is not None:
-                        results[position] = _failed_entry(prep, plan.entry, store, *plan.failure)
+                        results[unit.tag] = _failed_entry(prep, plan.entry, store, *plan.failure)
                     else:
-                        results[position] = _score(prep, plan.entry, store, plan.sub_id, n_runs, timings)
+                        results[unit.tag] = _score(prep, plan.entry, store, plan.sub_id, n_runs, timings)
                 except Exception as exc:  # noqa: BLE001 - as above
-                    results[position] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
-                results[position] = replace(results[position], unit_timings=tuple(plan.timings))
-                log(_one_line(results[position]))
+                    results[unit.tag] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
+                results[unit.tag] = replace(results[unit.tag], unit_timings=tuple(plan.timings))
+                log(_one_line(results[unit.tag]))
     finally:
         bar.close()
     return [results[position] for position in range(len(entries))]
+
+
+def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcome: Any, timings: Timings) -> None:
+    """A returned unit: its runs committed, or its failure kept for its entry."""
+    if isinstance(outcome, UnitFailure):
+        status = Status.WORKER_DIED if outcome.kind == "lost" else Status.SANDBOX_ERROR
+        plan.failure = plan.failure or (status, f"runs {_span(unit.run_indices)}: {outcome.message}")
+        return
+    plan.timings.append(outcome["timings"])
+    timings.merge(outcome["timings"])
+    with timings.measure("store"):
+        for run in outcome["runs"]:
+            _record_run(store, prep, plan.sub_id, run)
 
 
 def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
