@@ -346,7 +346,7 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
     timings.merge(outcome["timings"])
     with timings.measure("store"):
         for run in outcome["runs"]:
-            _record_run(store, prep, plan.sub_id, run)
+            store.record_run(plan.sub_id, leaderboard=prep.leaderboard, **run)
 
 
 def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
@@ -407,24 +407,6 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
         units.append(RunSubmission(spec=spec, run_indices=indices, **common))
     plan.pending = len(units)
     return units
-
-
-def _record_run(store: Store, prep: Prepared, sub_id: int, run: dict) -> None:
-    store.record_run(
-        sub_id,
-        leaderboard=prep.leaderboard,
-        run_index=run["index"],
-        seed=run["seed"],
-        status=run["status"],
-        reason=run["reason"],
-        seconds=run["seconds"],
-        peak_mem_mb=run["peak_mem_mb"],
-        log=run["log"],
-        retain_acc=run.get("retain_acc"),
-        test_acc=run.get("test_acc"),
-        forget_acc=run.get("forget_acc"),
-        confs=run.get("confs"),
-    )
 
 
 def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, executor: Executor, timings: Timings,

@@ -140,8 +140,8 @@ class RunSubmission:
 
 
 def run_submission(unit: RunSubmission) -> dict[str, Any]:
-    """{"runs": [one record per run: index, seed, status, reason, seconds, peak_mem_mb, log and, when
-    ok, confs and accuracies], "timings"}.
+    """{"runs": [one record per run, keyed as Store.record_run's arguments: run_index, seed, status,
+    reason, seconds, peak_mem_mb, log and, when ok, confs and the accuracies], "timings"}.
 
     A submission's own failure is a run's status, never an exception; an exception here is the
     harness's or the node's (no sandbox, no disk) and leaves no partial result.
@@ -185,7 +185,7 @@ def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> di
 
     def finish(result) -> None:
         run = {
-            "index": unit.run_indices[result.index], "seed": result.seed, "status": Status.parse(result.status).value,
+            "run_index": unit.run_indices[result.index], "seed": result.seed, "status": Status.parse(result.status).value,
             "reason": result.reason or "", "seconds": result.seconds, "peak_mem_mb": result.peak_mem_mb,
             "log": result.log or "",
         }

@@ -214,3 +214,30 @@ def test_train_references_processes_match_the_loop(trained, tmp_path):
     assert pooled.paths.tolist() == ["plain", "processes", "processes"] and pooled.path_used == "plain+processes"
     np.testing.assert_array_equal(pooled.confs, refs.confs)
     np.testing.assert_array_equal(pooled.retain_acc, refs.retain_acc)
+
+
+def test_train_references_vmap_units_train_chunks(trained, tmp_path):
+    """The GPU path, here on the CPU: vmap chunks of two models per unit, each model recorded once
+    and as good as the loop's (vmap sums float operations in another order: close, not equal)."""
+    _, refs = trained
+    chunked = train(tmp_path, training_path="vmap", vmap_chunk=2, n_models=4)
+    assert chunked.paths.tolist() == ["plain", "vmap", "vmap", "vmap"]
+    assert chunked.seeds.tolist() == [100, 101, 102, 103]
+    np.testing.assert_allclose(chunked.confs[:3], refs.confs, atol=0.05)
+
+
+def test_train_references_on_a_given_executor_reuses_its_pool(trained, tmp_path):
+    from harness.config import ExecutorConfig
+    from harness.executors import make_executor
+
+    _, refs = trained
+    with make_executor(ExecutorConfig(workers=2)) as executor:
+        first = train_references(TASK, model_cfg=MODEL, recipe=RECIPE, refs_cfg=dataclasses.replace(REFS, training_path="processes"),
+                                 device="cpu", cache_dir=tmp_path, progress=False, executor=executor)
+        pool = executor._pool
+        oracle = train_references(TASK, model_cfg=MODEL, recipe=RECIPE,
+                                  refs_cfg=dataclasses.replace(REFS, training_path="processes", seed=900, solo_first=0),
+                                  device="cpu", cache_dir=tmp_path, progress=False, executor=executor)
+        assert executor._pool is pool  # one pool for every unit of a competition
+    np.testing.assert_array_equal(first.confs, refs.confs)
+    assert oracle.seeds.tolist() == [900, 901, 902]
