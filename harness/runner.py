@@ -277,9 +277,10 @@ def score_entries(
     """Every entry's missing runs as units on `executor`, each run committed as its unit returns and
     each entry scored once all its units are back; results in the order of `entries`.
 
-    An entry with a failed run is not run again (its failure is its result); one whose unit was
-    lost to the infrastructure or broke the harness gets a failed score and no run rows, so a
-    rerun retries exactly the missing runs.
+    An entry with a failed run is not run again (its failure is its result), except for runs the
+    sandbox itself failed (sandbox_error), which run again; one whose unit was lost to the
+    infrastructure or raised gets a failed score and no run rows, so a rerun retries exactly the
+    missing runs.
     """
     timings = timings or Timings()
     results: dict[int, EntryResult] = {}
@@ -287,13 +288,15 @@ def score_entries(
     for position, entry in enumerate(entries):
         try:
             sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
-            recorded = store.finished_runs(sub_id, prep.leaderboard)
-            failed_before = [r for r in store.runs(sub_id, prep.leaderboard) if r["status"] != Status.OK.value]
-            todo = [i for i in range(n_runs) if i not in recorded]
+            stored = store.runs(sub_id, prep.leaderboard)
+            # a sandbox_error is the harness's failure, not the submission's: such runs run again
+            retry = {r["run_index"] for r in stored if r["status"] == Status.SANDBOX_ERROR.value}
+            failed_before = [r for r in stored if r["status"] not in (Status.OK.value, Status.SANDBOX_ERROR.value)]
+            todo = [i for i in range(n_runs) if i in retry or i not in {r["run_index"] for r in stored}]
             if todo and not failed_before and entry.kind == "oracle":
                 _oracle_runs(prep, store, sub_id, n_runs, executor=executor, timings=timings, progress=progress)
             elif todo and not failed_before:
-                plans[position] = _Plan(entry, sub_id, todo)
+                plans[position] = _Plan(entry, sub_id, todo, retry)
                 continue
             results[position] = _score(prep, entry, store, sub_id, n_runs, timings)
         except Exception as exc:  # noqa: BLE001 - this entry's trouble is its row, never the others' end
@@ -346,7 +349,7 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
     timings.merge(outcome["timings"])
     with timings.measure("store"):
         for run in outcome["runs"]:
-            store.record_run(plan.sub_id, leaderboard=prep.leaderboard, **run)
+            store.record_run(plan.sub_id, leaderboard=prep.leaderboard, replace=run["run_index"] in plan.retry, **run)
 
 
 def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
@@ -362,6 +365,7 @@ class _Plan:
     entry: Entry
     sub_id: int
     todo: list[int]
+    retry: set[int]  # stored as sandbox_error: re-recorded in place
     pending: int = 0
     failure: tuple[Status, str] | None = None
     timings: list[dict] = field(default_factory=list)

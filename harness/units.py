@@ -149,7 +149,7 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     from harness.data.loaders import save_split
 
     start = time.perf_counter()
-    root = Path(unit.work_root or tempfile.gettempdir())
+    root = Path(unit.work_root) if unit.work_root else Path(tempfile.gettempdir()) / "unlearning-harness"
     data_dir = root / "data" / unit.data_key
     if not (data_dir / "val.npz").exists():  # once per node: the same key is the same data
         data_dir.mkdir(parents=True, exist_ok=True)

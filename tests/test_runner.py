@@ -1,5 +1,6 @@
 """The runner end to end on a tiny competition (seconds): the specification of `unlearn run`."""
 
+import functools
 import json
 import os
 import signal
@@ -280,3 +281,26 @@ def _kill_first_worker_with_a_child() -> dict:
     state["thread"] = threading.Thread(target=kill, daemon=True)
     state["thread"].start()
     return state
+
+
+def test_runs_the_sandbox_failed_run_again_next_time(tmp_path):
+    """The node cannot start the sandbox (no Docker daemon here): the harness's failure, not the
+    submission's. The runs are sandbox_error with the reason; once the sandbox works, the next
+    scoring runs them again and replaces those rows."""
+    from harness.baselines import baseline_path
+    from harness.executors import make_executor
+    from harness.runner import Entry, open_store, prepare, score_entries
+
+    cfg = tiny_config(tmp_path, **{"executor.workers": 1})
+    store = open_store(cfg)
+    entry = Entry(team="finetune", path=baseline_path("finetune"), kind="baseline", exempt=False)
+    with make_executor(cfg.executor) as executor:
+        prep = prepare(cfg, executor=executor, progress=False, log=lambda _: None)
+        score = functools.partial(score_entries, prep, [entry], store, executor=executor, n_runs=4, progress=False,
+                                  log=lambda _: None)
+        [broken] = score(backend="docker")
+        assert broken.status == "sandbox_error" and "docker" in broken.reason
+        assert [r["status"] for r in store.all_runs()] == ["sandbox_error"] * 4
+        [fixed] = score(backend="none")
+    assert fixed.status == "ok"
+    assert [(r["run_index"], r["status"]) for r in store.all_runs()] == [(i, "ok") for i in range(4)]
