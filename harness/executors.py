@@ -116,12 +116,13 @@ class Executor(abc.ABC):
     def close(self) -> None:
         """Release workers; the executor cannot be used afterwards."""
 
-    def default_resources(self) -> Resources:
-        return Resources(cpus=self.cfg.cpus_per_unit, gpus=self.cfg.gpus_per_unit)
+    def default_resources(self, device: str = "cpu") -> Resources:
+        """A submission's runs or the original: gpus_per_unit, or a whole GPU when computing on one."""
+        return Resources(cpus=self.cfg.cpus_per_unit, gpus=_gpus(self.cfg.gpus_per_unit, device))
 
-    def reference_resources(self) -> Resources:
+    def reference_resources(self, device: str = "cpu") -> Resources:
         gpus = self.cfg.reference_gpus_per_unit
-        return Resources(cpus=self.cfg.cpus_per_unit, gpus=self.cfg.gpus_per_unit if gpus is None else gpus)
+        return Resources(cpus=self.cfg.cpus_per_unit, gpus=_gpus(self.cfg.gpus_per_unit if gpus is None else gpus, device))
 
     @abc.abstractmethod
     def slots(self, resources: Resources) -> int:
@@ -162,8 +163,8 @@ def check_config(cfg: ExecutorConfig) -> None:
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
     """A spawn process pool on this machine: `workers` processes, cores // workers torch threads each
-    (on 2 cores two one-thread processes beat one two-thread process by ~20%). `resources` are not
-    enforced here: the pool runs `workers` units at a time whatever they ask for."""
+    (on 2 cores two one-thread processes beat one two-thread process by ~20%). Units run `workers` at
+    a time, or as many as share one GPU when they ask for GPUs (`slots`)."""
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         super().__init__(cfg)
@@ -179,7 +180,9 @@ class LocalExecutor(Executor):
     ) -> Iterator[tuple[Any, Any]]:
         _check_fn(fn)
         units = list(units)
-        window = self.cfg.max_in_flight or 2 * self.workers
+        resources = resources or self.default_resources()
+        # GPU units: no more in flight than share the GPU; CPU units: a queue keeps workers busy
+        window = self.cfg.max_in_flight or (self.slots(resources) if resources.gpus > 0 else 2 * self.workers)
         queue = collections.deque(range(len(units)))
         attempts = [0] * len(units)
         running: dict[concurrent.futures.Future, tuple[int, Path]] = {}
@@ -236,6 +239,10 @@ class LocalExecutor(Executor):
         return self.threads
 
     def slots(self, resources: Resources) -> int:
+        """Workers; with GPUs, as many units as share this machine's one GPU (several GPUs: use Ray,
+        which gives each unit its own)."""
+        if resources.gpus > 0:
+            return max(1, min(self.workers, int(1 / resources.gpus)))
         return self.workers
 
     def close(self) -> None:
@@ -378,6 +385,11 @@ class RayExecutor(Executor):
             return _lost(self.cfg.max_retries + 1, error)
         except exceptions.RayError as error:
             return UnitFailure("lost", f"Ray could not run the unit: {_one_line(error)}", str(error)[-DETAIL_CHARS:])
+
+
+def _gpus(configured: float, device: str) -> float:
+    """Units computing on a GPU hold one unless the config shares it out: never a free-for-all."""
+    return configured if configured > 0 or not device.startswith("cuda") else 1.0
 
 
 def _failure(error: BaseException) -> UnitFailure:

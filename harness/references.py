@@ -188,7 +188,7 @@ def run_reference_units(
     """
     retain = task.arrays("retain")
     spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
-    resources = executor.reference_resources()
+    resources = executor.reference_resources(device)
     common = {
         "spec": spec,
         "recipe": recipe,

@@ -215,7 +215,7 @@ def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor
     if not cfg.model.checkpoint:
         log(f"training the original model ({cfg.model.name}, {cfg.recipe.epochs} epochs) on {device}")
         train = task.arrays("train")
-        resources = executor.default_resources()
+        resources = executor.default_resources(device)
         unit = TrainOriginal(
             spec=spec, recipe=cfg.recipe, seed=cfg.seed, device=device,
             threads=timing_threads(device),  # one thread on CPUs: bitwise reproducible
@@ -303,7 +303,7 @@ def score_entries(
             results[position] = _failed_entry(prep, entry, store, Status.SANDBOX_ERROR, _reason(exc))
         log(_one_line(results[position]))
     # each sandboxed worker costs a start (seconds): as few as keep every slot busy
-    slots = executor.slots(executor.default_resources())
+    slots = executor.slots(executor.default_resources(prep.device))
     per_unit = prep.cfg.executor.runs_per_unit or max(1, -(-sum(len(p.todo) for p in plans.values()) // slots))
     units: list[RunSubmission] = []
     for position, plan in list(plans.items()):
@@ -316,7 +316,7 @@ def score_entries(
             log(_one_line(results[position]))
     bar = _bar(progress, sum(len(plan.todo) for plan in plans.values()), f"runs ({prep.leaderboard})")
     try:
-        for unit, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources()):
+        for unit, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources(prep.device)):
             plan = plans[unit.tag]
             plan.pending -= 1
             try:
@@ -376,7 +376,7 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
     """The entry's missing runs split into units of `per_unit` runs, each one sandboxed worker."""
     cfg, entry = prep.cfg, plan.entry
     seeds = run_seeds(cfg, prep.leaderboard, n_runs)
-    resources = executor.default_resources()
+    resources = executor.default_resources(prep.device)
     data_key = f"{prep.leaderboard}-{prep.task.fingerprint[:16]}"
     common = {
         "team": entry.team,

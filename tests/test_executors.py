@@ -61,6 +61,12 @@ def sleep_unit(seconds: float) -> float:
     return seconds
 
 
+def span_unit(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
 @dataclass(frozen=True)
 class Job:
     """A unit for the failure tests: each attempt appends its pid to <folder>/<name>.attempts."""
@@ -303,3 +309,18 @@ def test_submit_all_rejects_local_function(local_executor):
 
     with pytest.raises(HarnessError, match=r"module-level functions .* got 'test_submit_all_rejects_local_function.<locals>.nested'"):
         list(local_executor.submit_all(nested, [1]))
+
+
+def test_units_on_a_gpu_hold_one_unless_the_config_shares_it():
+    executor_cfg = ExecutorConfig(gpus_per_unit=0.0, reference_gpus_per_unit=0.25)
+    with LocalExecutor(executor_cfg) as executor:
+        assert executor.default_resources("cpu").gpus == 0.0
+        assert executor.default_resources("cuda").gpus == 1.0
+        assert executor.reference_resources("cuda:1").gpus == 0.25
+
+
+def test_local_executor_runs_gpu_units_only_as_many_as_share_the_gpu(request):
+    executor = executor_with("local", request, workers=2)
+    assert [executor.slots(Resources(gpus=g)) for g in (0.0, 1.0, 0.5, 0.25)] == [2, 1, 2, 2]
+    spans = sorted(result for _, result in executor.submit_all(span_unit, [0.4, 0.4, 0.4], resources=Resources(gpus=1.0)))
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))  # one at a time
