@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,8 @@ def train_references(
         bar = _bar(progress, total=n, initial=len(records), desc=f"references on {device}")
         try:
             for unit, result in run_reference_units(
-                executor, task, missing, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device
+                executor, task, missing, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device,
+                timings=timings,
             ):
                 timings.merge(result["timings"])
                 for model in result["models"]:
@@ -178,6 +180,7 @@ def run_reference_units(
     recipe: RecipeConfig,
     refs_cfg: ReferencesConfig,
     device: str,
+    timings: Timings | None = None,
 ) -> Iterator[tuple[TrainReferences, dict[str, Any]]]:
     """Train reference models `indices` (seed refs_cfg.seed + i) on `executor`; yield each unit's result.
 
@@ -186,6 +189,7 @@ def run_reference_units(
     (one-thread processes side by side: the fastest on CPUs), "vmap" a chunk of models per unit
     (the fastest on GPUs), "loop" all in one unit. A unit that fails raises: the metric needs all N.
     """
+    timings = timings or Timings()
     retain = task.arrays("retain")
     spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
     resources = executor.reference_resources(device)
@@ -216,7 +220,12 @@ def run_reference_units(
         for chunk in (rest[j:j + groups] for j in range(0, len(rest), groups))
     ])
     for batch in batches:
-        for unit, result in executor.submit_all(train_reference_models, batch, resources=resources):
+        start = time.perf_counter()
+        outcomes = executor.submit_all(train_reference_models, batch, resources=resources)
+        if batch[0].path == "plain":  # a solo retrain: the other slots wait, by design
+            outcomes = list(outcomes)
+            timings.add("alone", (time.perf_counter() - start) * (executor.slots(resources) - 1))
+        for unit, result in outcomes:
             if isinstance(result, UnitFailure):
                 raise HarnessError(f"training reference models {list(unit.indices)} failed ({result.kind}): {result.message}")
             yield unit, result

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -222,7 +223,9 @@ def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor
             train=executor.share(f"train-{task.fingerprint}", labelled(train)),
             class_weights=tuple(float(w) for w in compute_class_weights(train["age_group"], cfg.model.num_classes)),
         )
+        start = time.perf_counter()
         [(_, result)] = executor.submit_all(train_original, [unit], resources=resources)
+        timings.add("alone", (time.perf_counter() - start) * (executor.slots(resources) - 1))
         if isinstance(result, UnitFailure):
             raise HarnessError(f"training the original model failed ({result.kind}): {result.message}")
         timings.merge(result["timings"])

@@ -7,7 +7,8 @@ time. Parts:
 - submission: inside `unlearning()`, as the sandboxed worker measures each run;
 - evaluation: the trusted forward passes over forget, retain and test;
 - metric: epsilon, F and the final score;
-- overhead, by kind: task (building and writing the splits), handoff (a unit fetching and
+- overhead, by kind: process (a pool or Ray worker's start before its first unit, from the
+  kernel's record of when it started), task (building the task), handoff (a unit fetching and
   writing its data, weights and files), sandbox (a worker's start and its per-run set-up: its
   wall time less the time inside `unlearning()`), cleanup, store (the driver's results store and
   reference cache).
@@ -21,7 +22,8 @@ import time
 from collections.abc import Iterator, Mapping
 
 WORK = ("training", "submission", "evaluation", "metric")
-OVERHEAD = ("task", "handoff", "sandbox", "cleanup", "store")
+OVERHEAD = ("process", "task", "handoff", "sandbox", "cleanup", "store")
+WAITING = ("alone",)
 
 
 class Timings:
@@ -39,8 +41,8 @@ class Timings:
             self.add(part, time.perf_counter() - start)
 
     def add(self, part: str, seconds: float) -> None:
-        if part not in WORK + OVERHEAD:
-            raise ValueError(f"unknown part {part!r}; parts are {', '.join(WORK + OVERHEAD)}")
+        if part not in WORK + OVERHEAD + WAITING:
+            raise ValueError(f"unknown part {part!r}; parts are {', '.join(WORK + OVERHEAD + WAITING)}")
         self.seconds[part] += float(seconds)
 
     def merge(self, unit_timings: Mapping[str, float]) -> None:

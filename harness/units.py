@@ -30,6 +30,23 @@ from harness.training import hardware_description, init_model, torch_threads, tr
 if TYPE_CHECKING:
     from harness.data.task import Task
 
+_unit_seen = [False]  # whether this process has run a unit: only the first pays its start
+
+
+def _process_start() -> float:
+    """Seconds this process took to start (spawn, interpreter, imports) before its first unit; 0
+    for later units and where /proc is missing. Timed from the kernel's record of its start (a Ray
+    worker started ahead of work counts its wait too)."""
+    if _unit_seen[0]:
+        return 0.0
+    _unit_seen[0] = True
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
 
 @dataclass(frozen=True)
 class TrainOriginal:
@@ -46,6 +63,7 @@ class TrainOriginal:
 
 def train_original(unit: TrainOriginal) -> dict[str, Any]:
     """{"state": {name: array}, "seconds": training wall time, "timings"}."""
+    process = _process_start()
     start = time.perf_counter()
     train = fetch(unit.train)
     handoff = time.perf_counter() - start
@@ -54,7 +72,7 @@ def train_original(unit: TrainOriginal) -> dict[str, Any]:
         seconds = train_model(model, train, unit.recipe, class_weights=np.asarray(unit.class_weights),
                               seed=unit.seed, device=unit.device)
     state = {key: value.detach().cpu().numpy() for key, value in model.state_dict().items()}
-    return {"state": state, "seconds": seconds, "timings": {"training": seconds, "handoff": handoff}}
+    return {"state": state, "seconds": seconds, "timings": {"training": seconds, "handoff": handoff, "process": process}}
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,7 @@ class TrainReferences:
 def train_references(unit: TrainReferences) -> dict[str, Any]:
     """{"models": [one record per index: confs, accuracies, train_seconds, seed, path, solo, hardware],
     "timings"}."""
+    process = _process_start()
     start = time.perf_counter()
     retain, sets = fetch(unit.retain), fetch(unit.evaluation)
     handoff = time.perf_counter() - start
@@ -114,7 +133,7 @@ def train_references(unit: TrainReferences) -> dict[str, Any]:
                 model.load_state_dict(result.state_dict)
                 record(unit.indices[result.index], result.seed, model, result.seconds, False)
     training = sum(m["train_seconds"] for m in models)
-    return {"models": models, "timings": {"training": training, "evaluation": evaluation_s, "handoff": handoff}}
+    return {"models": models, "timings": {"training": training, "evaluation": evaluation_s, "handoff": handoff, "process": process}}
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,7 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     """
     from harness.data.loaders import save_split
 
+    process = _process_start()
     start = time.perf_counter()
     root = Path(unit.work_root) if unit.work_root else Path(tempfile.gettempdir()) / "unlearning-harness"
     data_dir = root / "data" / unit.data_key
@@ -163,6 +183,7 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
         cleanup = time.perf_counter()
         shutil.rmtree(work, ignore_errors=True)
     result["timings"]["cleanup"] = time.perf_counter() - cleanup
+    result["timings"]["process"] = process
     return result
 
 

@@ -3,9 +3,10 @@
 1. Scores a fresh competition (nothing cached) on a config (default: the embedded default) and
    splits its wall time into training, submission compute (inside `unlearning()`), evaluation,
    metric and the harness's overhead (task, data hand-off, sandbox start and per-run set-up,
-   clean-up, store), each timed where it runs (harness.timing). Parts are core-seconds: shares
-   are of wall time x cores. What no part claims is idle or untimed (cores waiting for the last
-   unit, pool and Ray start-up) and is printed, not hidden.
+   clean-up, store, worker processes' start), each timed where it runs (harness.timing), and the
+   cores left idle while a unit must run alone. Parts are core-seconds: shares are of wall time
+   x cores. What no part claims is idle or untimed (cores waiting for the last unit of a phase)
+   and is printed, not hidden.
 2. Evaluation beside a bare no-grad forward loop of the same model over the same images, on the
    same device and threads: harness.evaluation.evaluate's throughput, and the throughput
    evaluation reached inside the competition.
@@ -42,7 +43,7 @@ from harness.evaluation import evaluate  # noqa: E402
 from harness.models import build_model, load_weights  # noqa: E402
 from harness.runner import run_competition  # noqa: E402
 from harness.store import Store  # noqa: E402
-from harness.timing import OVERHEAD, WORK, Timings  # noqa: E402
+from harness.timing import OVERHEAD, WAITING, WORK, Timings  # noqa: E402
 from harness.training import torch_threads, train_model  # noqa: E402
 
 TARGETS = {"overhead": 0.05, "evaluation_vs_bare": 0.80, "metric": 0.01}
@@ -153,7 +154,7 @@ def main() -> int:
         throughput = evaluation_throughput(cfg)
         n_evals = evaluations_done(cfg)
     capacity = run["wall_s"] * run["cores"]
-    parts = {part: run["parts"].get(part, 0.0) for part in WORK + OVERHEAD}
+    parts = {part: run["parts"].get(part, 0.0) for part in WORK + OVERHEAD + WAITING}
     timed = sum(parts.values())
     eval_images = n_evals * throughput["images"]
     in_competition_img_s = eval_images / parts["evaluation"] if parts["evaluation"] else float("nan")
@@ -198,7 +199,7 @@ def _print(r: dict) -> None:
           f"= {r['capacity_core_s']:.1f} core-s")
     print(f"{'part':<28}{'core-s':>10}{'share':>9}")
     for part, seconds in r["parts_core_s"].items():
-        kind = "overhead: " if part in OVERHEAD else ""
+        kind = "overhead: " if part in OVERHEAD else "waiting: " if part in WAITING else ""
         print(f"{kind + part:<28}{seconds:>10.2f}{seconds / r['capacity_core_s']:>9.1%}")
     idle = r["idle_or_untimed_core_s"]
     print(f"{'idle or untimed':<28}{idle:>10.2f}{idle / r['capacity_core_s']:>9.1%}")
