@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import copy
 import hashlib
+import importlib
 import itertools
 import multiprocessing
 import os
@@ -192,7 +193,7 @@ class LocalExecutor(Executor):
                 while queue and len(running) < window:
                     index = queue.popleft()
                     marker = Path(self._markers.name) / str(next(self._tokens))
-                    running[self._ensure_pool().submit(_run_local, fn, units[index], str(marker))] = (index, marker)
+                    running[self._ensure_pool(fn).submit(_run_local, fn, units[index], str(marker))] = (index, marker)
                 done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
                     done, _ = concurrent.futures.wait(running)  # a broken pool fails everything it held
@@ -249,14 +250,19 @@ class LocalExecutor(Executor):
         self._drop_pool(wait=True)
         self._markers.cleanup()
 
-    def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _ensure_pool(self, fn: Callable[[Any], Any]) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_local_worker,
-                initargs=(self.threads,),
+                initargs=(self.threads, fn.__module__),
             )
+            # Start every worker with the pool, as CPython does for fork pools "so that their
+            # sentinels are known": a spawn pool adds workers on demand, and one added after its
+            # manager thread began waiting goes unwatched, so its death went unnoticed until
+            # another unit finished (seen here: a killed worker noticed only 20 s later).
+            self._pool._safe_to_dynamically_spawn_children = False
         return self._pool
 
     def _drop_pool(self, *, wait: bool = False) -> None:
@@ -275,10 +281,11 @@ class LocalExecutor(Executor):
 _worker_threads = 1  # this pool worker's torch threads, set by _init_local_worker
 
 
-def _init_local_worker(threads: int) -> None:
+def _init_local_worker(threads: int, module: str) -> None:
     global _worker_threads
     _worker_threads = threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it when a unit first imports torch
+    importlib.import_module(module)  # the units' code (and torch) load now, while the pool starts
 
 
 def _run_local(fn: Callable[[Any], Any], unit: Any, marker: str) -> Any:

@@ -30,22 +30,26 @@ from harness.training import hardware_description, init_model, torch_threads, tr
 if TYPE_CHECKING:
     from harness.data.task import Task
 
-_unit_seen = [False]  # whether this process has run a unit: only the first pays its start
-
-
-def _process_start() -> float:
-    """Seconds this process took to start (spawn, interpreter, imports) before its first unit; 0
-    for later units and where /proc is missing. Timed from the kernel's record of its start (a Ray
-    worker started ahead of work counts its wait too)."""
-    if _unit_seen[0]:
-        return 0.0
-    _unit_seen[0] = True
+def _process_age() -> float:
+    """Seconds since the kernel started this process (0 where /proc is missing)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+# This worker process's start (spawn, interpreter, torch, this module), reported by its first unit.
+# The local pool imports this module as each worker starts; a Ray worker imports it with its first
+# unit, so a Ray worker started ahead of work counts its wait too.
+_start_cost = [_process_age()]
+
+
+def _process_start() -> float:
+    """The start cost on this process's first unit; 0 on later ones."""
+    cost, _start_cost[0] = _start_cost[0], 0.0
+    return cost
 
 
 @dataclass(frozen=True)
