@@ -1,4 +1,5 @@
-"""A whole competition on a real two-node Ray cluster (loopback only), no mocks.
+"""A whole competition on a real two-node Ray cluster (loopback only), no mocks: a killed worker
+and a removed node mid-unit.
 
 The cluster's nodes are separate raylets on this machine; units reach them through Ray's object
 store and run the sandbox where they land. Scores must equal the local executor's for the same
@@ -123,3 +124,55 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def test_ray_node_lost_mid_unit_is_retried_on_another(local_table, tmp_path):
+    """Remove a whole node (its raylet and workers killed) while it runs a submission unit: Ray
+    runs the unit again on the node left, and the competition completes with each run once."""
+    head = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
+    )
+    doomed = head.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    head.wait_for_nodes()
+    raylet = doomed.all_processes["raylet"][0].process.pid
+    cfg = config(tmp_path, "runs", **{"executor.kind": "ray", "executor.address": head.address,
+                                      "submissions.baselines": ["do_nothing", "finetune"]})
+    removed = threading.Event()
+    stop = threading.Event()
+
+    def remove_node_when_busy() -> None:
+        while not stop.is_set() and not removed.is_set():
+            for pid in _ray_workers_running("run_submission"):
+                if _children(pid) and raylet in _ancestors(pid):
+                    head.remove_node(doomed, allow_graceful=False)
+                    removed.set()
+                    break
+            time.sleep(0.05)
+
+    remover = threading.Thread(target=remove_node_when_busy, daemon=True)
+    remover.start()
+    try:
+        table = scores(run_competition(cfg, progress=False, log=lambda _: None))
+    finally:
+        stop.set()
+        remover.join()
+        if ray.is_initialized():
+            ray.shutdown()
+        head.shutdown()
+    assert removed.is_set(), "no submission unit was seen on the node to remove"
+    runs = Store(cfg.run_dir / "results.sqlite").all_runs()
+    pairs = [(r["submission_id"], r["run_index"]) for r in runs]
+    assert len(pairs) == len(set(pairs)) == 2 * cfg.submissions.n_runs
+    assert table.equals(local_table.loc[table.index])
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        chain.append(pid)
+    return chain
