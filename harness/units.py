@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from harness.config import RecipeConfig, SandboxConfig
+from harness.data.loaders import save_split
 from harness.evaluation import evaluate
 from harness.executors import Executor, Shared, fetch
 from harness.models import ModelSpec, build_model, load_weights
@@ -29,6 +30,7 @@ from harness.training import hardware_description, init_model, torch_threads, tr
 
 if TYPE_CHECKING:
     from harness.data.task import Task
+
 
 def _process_age() -> float:
     """Seconds since the kernel started this process (0 where /proc is missing)."""
@@ -169,8 +171,6 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     A submission's own failure is a run's status, never an exception; an exception here is the
     harness's or the node's (no sandbox, no disk) and leaves no partial result.
     """
-    from harness.data.loaders import save_split
-
     process = _process_start()
     start = time.perf_counter()
     root = Path(unit.work_root) if unit.work_root else Path(tempfile.gettempdir()) / "unlearning-harness"
