@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -143,6 +144,16 @@ def make_executor(cfg: ExecutorConfig) -> Executor:
     """The executor `cfg.kind` names, its settings checked first."""
     check_config(cfg)
     return EXECUTORS.get(cfg.kind)(cfg)
+
+
+@contextlib.contextmanager
+def borrowed(executor: Executor | None, cfg: ExecutorConfig) -> Iterator[Executor]:
+    """`executor` when given; otherwise one made from `cfg` for the block and closed after it."""
+    if executor is not None:
+        yield executor
+        return
+    with make_executor(cfg) as owned:
+        yield owned
 
 
 def check_config(cfg: ExecutorConfig) -> None:

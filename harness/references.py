@@ -27,7 +27,7 @@ import torch
 from harness.config import ExecutorConfig, ModelConfig, RecipeConfig, ReferencesConfig
 from harness.data.loaders import class_weights
 from harness.errors import HarnessError
-from harness.executors import Executor, UnitFailure, make_executor
+from harness.executors import Executor, UnitFailure, borrowed
 from harness.models import ModelSpec
 from harness.training import (
     TRAINING_PATHS,
@@ -150,10 +150,8 @@ def train_references(
     missing = [i for i in range(n) if i not in records]
     if missing:
         _write_meta(folder, meta)
-        owned = executor is None
-        executor = executor or make_executor(ExecutorConfig(workers=refs_cfg.workers))
         bar = _bar(progress, total=n, initial=len(records), desc=f"references on {device}")
-        try:
+        with bar, borrowed(executor, ExecutorConfig(workers=refs_cfg.workers)) as executor:
             for unit, result in run_reference_units(
                 executor, task, missing, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device,
                 timings=timings,
@@ -164,10 +162,6 @@ def train_references(
                     with timings.measure("store"):
                         _write_record(folder, model["index"], records[model["index"]])
                     bar.update(1)
-        finally:
-            bar.close()
-            if owned:
-                executor.close()
     return _assemble(meta, [records[i] for i in range(n)])
 
 

@@ -10,12 +10,11 @@ stopped without redoing or losing anything.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from harness.config import Config, resolve_device
 from harness.data.loaders import class_weights as compute_class_weights
 from harness.data.task import Task, build_task
 from harness.errors import HarnessError, SubmissionError
-from harness.executors import Executor, UnitFailure, make_executor
+from harness.executors import Executor, UnitFailure, borrowed, make_executor
 from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
 from harness.sandbox import WorkerSpec, resolve_backend
@@ -136,7 +135,7 @@ def prepare(
 ) -> Prepared:
     """Build the task, the original model, the references and the time cap (all cached); the
     training runs as units on `executor` (a local pool by cfg.executor when None)."""
-    with _borrowed(cfg, executor) as executor:
+    with borrowed(executor, cfg.executor) as executor:
         return _prepare(cfg, leaderboard, executor, timings or Timings(), progress, log)
 
 
@@ -183,16 +182,6 @@ def units_device(cfg: Config) -> str:
     if cfg.device == "auto" and cfg.executor.kind == "ray" and cfg.executor.gpus_per_unit > 0:
         return "cuda"
     return resolve_device(cfg.device)
-
-
-@contextlib.contextmanager
-def _borrowed(cfg: Config, executor: Executor | None) -> Iterator[Executor]:
-    """`executor`, or one made from cfg.executor for this call and closed after it."""
-    if executor is not None:
-        yield executor
-        return
-    with make_executor(cfg.executor) as owned:
-        yield owned
 
 
 def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor: Executor, timings: Timings, log) -> Path:
@@ -309,9 +298,10 @@ def score_entries(
     slots = executor.slots(executor.default_resources(prep.device))
     per_unit = prep.cfg.executor.runs_per_unit or max(1, -(-sum(len(p.todo) for p in plans.values()) // slots))
     units: list[RunSubmission] = []
+    inputs = _shared_inputs(prep, executor) if plans else {}
     for position, plan in list(plans.items()):
         try:
-            units += _submission_units(prep, position, plan, executor, n_runs=n_runs, per_unit=per_unit,
+            units += _submission_units(prep, position, plan, executor, inputs, n_runs=n_runs, per_unit=per_unit,
                                        backend=backend, batch_format_override=batch_format_override)
         except Exception as exc:  # noqa: BLE001 - as above
             del plans[position]
@@ -357,7 +347,7 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
 
 def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
     """One entry's missing runs and its score (score_entries for one)."""
-    with _borrowed(prep.cfg, executor) as executor:
+    with borrowed(executor, prep.cfg.executor) as executor:
         return score_entries(prep, [entry], store, executor=executor, **kwargs)[0]
 
 
@@ -374,20 +364,27 @@ class _Plan:
     timings: list[dict] = field(default_factory=list)
 
 
-def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, *, n_runs: int, per_unit: int,
-                      backend: str, batch_format_override: str | None) -> list[RunSubmission]:
-    """The entry's missing runs split into units of `per_unit` runs, each one sandboxed worker."""
-    cfg, entry = prep.cfg, plan.entry
-    seeds = run_seeds(cfg, prep.leaderboard, n_runs)
-    resources = executor.default_resources(prep.device)
+def _shared_inputs(prep: Prepared, executor: Executor) -> dict[str, Any]:
+    """What every entry's units read, put where units fetch it once."""
     data_key = f"{prep.leaderboard}-{prep.task.fingerprint[:16]}"
-    common = {
-        "team": entry.team,
-        "source": entry.path.read_bytes(),
+    return {
         "original": executor.share(f"original-{file_version(prep.original_path)}", prep.original_path.read_bytes()),
         "data": executor.share(f"data-{data_key}", {split: prep.task.arrays(split) for split in ("retain", "forget", "val")}),
         "evaluation": share_evaluation_sets(executor, prep.task),
         "data_key": data_key,
+    }
+
+
+def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, inputs: dict[str, Any], *,
+                      n_runs: int, per_unit: int, backend: str, batch_format_override: str | None) -> list[RunSubmission]:
+    """The entry's missing runs split into units of `per_unit` runs, each one sandboxed worker."""
+    cfg, entry = prep.cfg, plan.entry
+    seeds = run_seeds(cfg, prep.leaderboard, n_runs)
+    resources = executor.default_resources(prep.device)
+    common = {
+        **inputs,
+        "team": entry.team,
+        "source": entry.path.read_bytes(),
         "backend": backend,
         "limits": cfg.sandbox,
         "grace_s": cfg.time_cap.grace_s,

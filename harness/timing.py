@@ -31,6 +31,7 @@ class Timings:
 
     def __init__(self) -> None:
         self.seconds: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()  # measurements per part
 
     @contextlib.contextmanager
     def measure(self, part: str) -> Iterator[None]:
@@ -44,6 +45,7 @@ class Timings:
         if part not in WORK + OVERHEAD + WAITING:
             raise ValueError(f"unknown part {part!r}; parts are {', '.join(WORK + OVERHEAD + WAITING)}")
         self.seconds[part] += float(seconds)
+        self.counts[part] += 1
 
     def merge(self, unit_timings: Mapping[str, float]) -> None:
         """A unit's own account ({part: seconds})."""

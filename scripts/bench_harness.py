@@ -58,7 +58,8 @@ def competition(config: str | None, output: Path) -> dict:
     start = time.perf_counter()
     run_competition(cfg, timings=timings, progress=False, log=lambda _: None)
     wall = time.perf_counter() - start
-    return {"cfg": cfg, "wall_s": wall, "cores": cores, "parts": dict(timings.seconds), "overhead_s": timings.overhead}
+    return {"cfg": cfg, "wall_s": wall, "cores": cores, "parts": dict(timings.seconds), "overhead_s": timings.overhead,
+            "sandboxed_workers": timings.counts["sandbox"]}  # one sandbox account per submission unit
 
 
 def evaluations_done(cfg) -> int:
@@ -171,7 +172,7 @@ def main() -> int:
         "targets": TARGETS,
     }
     if not args.no_scale:
-        per_unit = parts["sandbox"] / max(1, _sandboxed_units(cfg, run["cores"]))
+        per_unit = parts["sandbox"] / max(1, run["sandboxed_workers"])
         report["scale"] = scale_costs(args, sandbox_start_s=per_unit)
     passed = (ratios["overhead"] <= TARGETS["overhead"] and ratios["metric"] < TARGETS["metric"]
               and ratios["evaluation_vs_bare"] >= TARGETS["evaluation_vs_bare"])
@@ -181,17 +182,6 @@ def main() -> int:
     else:
         _print(report)
     return 0 if passed else 1
-
-
-def _sandboxed_units(cfg, cores: int) -> int:
-    """Sandboxed workers the competition started: each non-oracle entry's runs over the slots."""
-    entries = [b for b in cfg.submissions.baselines if b not in cfg.submissions.reference_baselines]
-    folder = ROOT / cfg.submissions.dir if cfg.submissions.dir else None
-    if folder is not None and folder.is_dir():
-        entries += [p for p in folder.glob("*.py") if not p.name.startswith("_")]
-    n = cfg.submissions.n_runs
-    per_unit = cfg.executor.runs_per_unit or min(n, -(-len(entries) * n // cores))
-    return len(entries) * -(-n // per_unit)
 
 
 def _print(r: dict) -> None:

@@ -6,6 +6,7 @@ store and run the sandbox where they land. Scores must equal the local executor'
 seeds, and a Ray worker killed mid-unit must cost nothing but the time to run its unit again.
 """
 
+import contextlib
 import os
 import signal
 import threading
@@ -25,8 +26,9 @@ TINY = Path(__file__).parent / "data" / "tiny.yaml"
 FIGURES = ["final_score", "forget_quality", "retain_acc", "test_acc", "forget_acc"]
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def two_node_cluster():
+    """A head and one more node, one CPU each, all on 127.0.0.1; yields (cluster, the other node)."""
     from ray._private import ray_constants
 
     # conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported; without it the
@@ -36,14 +38,20 @@ def cluster():
         initialize_head=True,
         head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
     )
-    head.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    other = head.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     head.wait_for_nodes()
     try:
-        yield head
+        yield head, other
     finally:
         if ray.is_initialized():
             ray.shutdown()
         head.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with two_node_cluster() as (head, _):
+        yield head
 
 
 def config(tmp_path: Path, name: str, **overrides):
@@ -77,26 +85,50 @@ def test_ray_worker_killed_mid_unit_is_retried_and_counted_once(cluster, local_t
     again, the competition completes, every run is stored once and the scores do not move."""
     cfg = config(tmp_path, "runs", **{"executor.kind": "ray", "executor.address": cluster.address,
                                       "submissions.baselines": ["do_nothing", "finetune"]})
-    killed: list[int] = []
+    table, acted = compete_and_strike(cfg, lambda pid: os.kill(pid, signal.SIGKILL))
+    assert acted, "no Ray worker was seen running a submission unit"
+    assert_each_run_stored_once(cfg, table, local_table)
+
+
+def test_ray_node_lost_mid_unit_is_retried_on_another(local_table, tmp_path):
+    """Remove a whole node (its raylet and workers killed) while it runs a submission unit: Ray
+    runs the unit again on the node left, and the competition completes with each run once."""
+    with two_node_cluster() as (head, doomed):
+        raylet = doomed.all_processes["raylet"][0].process.pid
+        cfg = config(tmp_path, "runs", **{"executor.kind": "ray", "executor.address": head.address,
+                                          "submissions.baselines": ["do_nothing", "finetune"]})
+        table, acted = compete_and_strike(cfg, lambda _: head.remove_node(doomed, allow_graceful=False),
+                                          where=lambda pid: raylet in _ancestors(pid))
+    assert acted, "no submission unit was seen on the node to remove"
+    assert_each_run_stored_once(cfg, table, local_table)
+
+
+def compete_and_strike(cfg, strike, *, where=lambda pid: True):
+    """Score `cfg` while a thread calls strike(pid) once, on the first Ray worker seen mid-way
+    through a submission unit (its sandbox up) that `where` accepts; returns (scores, struck)."""
+    struck = threading.Event()
     stop = threading.Event()
 
-    def kill_first_busy_worker() -> None:
-        while not stop.is_set() and not killed:
+    def watch() -> None:
+        while not stop.is_set() and not struck.is_set():
             for pid in _ray_workers_running("run_submission"):
-                if _children(pid):  # its sandbox is up: the unit is mid-way
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+                if _children(pid) and where(pid):
+                    strike(pid)
+                    struck.set()
                     break
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_first_busy_worker, daemon=True)
-    killer.start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         table = scores(run_competition(cfg, progress=False, log=lambda _: None))
     finally:
         stop.set()
-        killer.join()
-    assert killed, "no Ray worker was seen running a submission unit"
+        watcher.join()
+    return table, struck.is_set()
+
+
+def assert_each_run_stored_once(cfg, table, local_table) -> None:
     runs = Store(cfg.run_dir / "results.sqlite").all_runs()
     pairs = [(r["submission_id"], r["run_index"]) for r in runs]
     assert len(pairs) == len(set(pairs)) == 2 * cfg.submissions.n_runs  # nothing lost, nothing twice
@@ -124,47 +156,6 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def test_ray_node_lost_mid_unit_is_retried_on_another(local_table, tmp_path):
-    """Remove a whole node (its raylet and workers killed) while it runs a submission unit: Ray
-    runs the unit again on the node left, and the competition completes with each run once."""
-    head = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
-    )
-    doomed = head.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    head.wait_for_nodes()
-    raylet = doomed.all_processes["raylet"][0].process.pid
-    cfg = config(tmp_path, "runs", **{"executor.kind": "ray", "executor.address": head.address,
-                                      "submissions.baselines": ["do_nothing", "finetune"]})
-    removed = threading.Event()
-    stop = threading.Event()
-
-    def remove_node_when_busy() -> None:
-        while not stop.is_set() and not removed.is_set():
-            for pid in _ray_workers_running("run_submission"):
-                if _children(pid) and raylet in _ancestors(pid):
-                    head.remove_node(doomed, allow_graceful=False)
-                    removed.set()
-                    break
-            time.sleep(0.05)
-
-    remover = threading.Thread(target=remove_node_when_busy, daemon=True)
-    remover.start()
-    try:
-        table = scores(run_competition(cfg, progress=False, log=lambda _: None))
-    finally:
-        stop.set()
-        remover.join()
-        if ray.is_initialized():
-            ray.shutdown()
-        head.shutdown()
-    assert removed.is_set(), "no submission unit was seen on the node to remove"
-    runs = Store(cfg.run_dir / "results.sqlite").all_runs()
-    pairs = [(r["submission_id"], r["run_index"]) for r in runs]
-    assert len(pairs) == len(set(pairs)) == 2 * cfg.submissions.n_runs
-    assert table.equals(local_table.loc[table.index])
 
 
 def _ancestors(pid: int) -> list[int]:
