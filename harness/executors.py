@@ -8,7 +8,7 @@ cluster needs no shared disk and a lost node loses no results.
 Failure semantics, the same on every executor:
 - the process or node running a unit died (a SIGKILL, the OOM killer, a lost node): the unit is run
   again, up to `max_retries` times, and still comes back once; past that it comes back as
-  `UnitFailure(kind="lost")`;
+  `UnitFailure(kind="lost")`; a worker lost while starting, before any unit, costs no attempt;
 - the unit raised: it comes back as `UnitFailure(kind="exception")` with a one-line message and is
   never run again (a submission's own failure is not the infrastructure's).
 Given the same units, every executor returns the same results; only the order and timings differ.
@@ -42,6 +42,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.registry import Registry
 
 DETAIL_CHARS = 8_000  # traceback kept with a failure
+_STARTUP_RETRIES = 2  # pool breaks in a row, before any unit started, tolerated before giving up
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ class LocalExecutor(Executor):
                         lost.append(index)
                 queue.extendleft(sorted(lost, reverse=True))
                 fruitless_breaks = 0 if started or not lost else fruitless_breaks + 1
-                if fruitless_breaks > self.cfg.max_retries:
+                # max_retries counts attempts at units; a worker lost while starting attempted none
+                if fruitless_breaks > max(self.cfg.max_retries, _STARTUP_RETRIES):
                     raise HarnessError(
                         f"the local process pool broke {fruitless_breaks} times before any unit started; "
                         "worker processes cannot start here (check memory limits and that torch imports)"

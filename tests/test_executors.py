@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,6 +269,42 @@ def test_submit_all_gives_up_after_max_retries(kind, request, tmp_path):
     assert "2 attempts" in failure.message
     assert attempts(tmp_path, "crasher") == 2
     assert results[jobs[1]] == "bystander"
+
+
+def units_dying_at_start(folder: Path, deaths: int, monkeypatch) -> Callable[[int], int]:
+    """A unit function whose module kills the first `deaths` pool workers that import it (an OOM
+    kill while torch loads, say), before they take any unit."""
+    import importlib
+
+    name = f"startup_units_{folder.name}_{deaths}"
+    (folder / f"{name}.py").write_text(
+        "import multiprocessing, os, pathlib\n"
+        f"log = pathlib.Path({str(folder / 'starts')!r})\n"
+        "if multiprocessing.parent_process() is not None:\n"
+        "    with log.open('a') as f:\n"
+        "        f.write(f'{os.getpid()}\\n')\n"
+        f"    if len(log.read_text().split()) <= {deaths}:\n"
+        "        os._exit(1)\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))  # spawned workers inherit sys.path
+    return importlib.import_module(name).double
+
+
+def test_local_executor_restarts_a_worker_lost_while_starting_without_spending_retries(request, tmp_path, monkeypatch):
+    executor = executor_with("local", request, workers=1, max_retries=0)
+    double = units_dying_at_start(tmp_path, deaths=1, monkeypatch=monkeypatch)
+    assert dict(executor.submit_all(double, [1, 2, 3])) == {1: 2, 2: 4, 3: 6}
+    assert len((tmp_path / "starts").read_text().split()) == 2
+
+
+def test_local_executor_gives_up_when_workers_never_start(request, tmp_path, monkeypatch):
+    executor = executor_with("local", request, workers=1, max_retries=0)
+    double = units_dying_at_start(tmp_path, deaths=100, monkeypatch=monkeypatch)
+    with pytest.raises(HarnessError, match="broke 3 times before any unit started"):
+        list(executor.submit_all(double, [1, 2]))
+    assert len((tmp_path / "starts").read_text().split()) == 3
 
 
 # ---- set-up ----

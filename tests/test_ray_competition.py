@@ -112,7 +112,7 @@ def compete_and_strike(cfg, strike, *, where=lambda pid: True):
     def watch() -> None:
         while not stop.is_set() and not struck.is_set():
             for pid in _ray_workers_running("run_submission"):
-                if _children(pid) and where(pid):
+                if _sandbox_children(pid) and where(pid):
                     strike(pid)
                     struck.set()
                     break
@@ -151,11 +151,20 @@ def _ray_workers_running(function: str) -> list[int]:
     return pids
 
 
-def _children(pid: int) -> list[int]:
+def _sandbox_children(pid: int) -> list[int]:
+    """The children of `pid` that are a sandboxed worker (not, say, the ldconfig torch runs on import)."""
+    found = []
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return []
+    for child in children:
+        try:
+            if b"harness.sandbox" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+        except OSError:
+            continue
+    return found
 
 
 def _ancestors(pid: int) -> list[int]:

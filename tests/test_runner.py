@@ -255,8 +255,9 @@ def test_a_pool_worker_killed_mid_unit(tmp_path, retries):
 
 
 def _kill_first_worker_with_a_child() -> dict:
-    """In the background: SIGKILL the first process-pool worker of this test seen with a child
-    (its sandboxed worker), once."""
+    """In the background: SIGKILL the first process-pool worker of this test seen running a
+    submission's sandboxed worker, once. (Any child will not do: a worker starting up runs
+    short-lived ones while torch loads, and a kill then is a start-up failure, not a lost unit.)"""
     import threading
 
     state = {"pids": [], "stop": threading.Event()}
@@ -272,7 +273,7 @@ def _kill_first_worker_with_a_child() -> dict:
                     children = (proc / "task" / proc.name / "children").read_text().split()
                 except (OSError, ValueError, IndexError):
                     continue
-                if b"spawn_main" in cmdline and parent == os.getpid() and children:
+                if b"spawn_main" in cmdline and parent == os.getpid() and any(map(_runs_sandbox, children)):
                     os.kill(int(proc.name), signal.SIGKILL)
                     state["pids"].append(int(proc.name))
                     break
@@ -281,6 +282,13 @@ def _kill_first_worker_with_a_child() -> dict:
     state["thread"] = threading.Thread(target=kill, daemon=True)
     state["thread"].start()
     return state
+
+
+def _runs_sandbox(pid: str) -> bool:
+    try:
+        return b"harness.sandbox" in (Path("/proc") / pid / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_runs_the_sandbox_failed_run_again_next_time(tmp_path):
