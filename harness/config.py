@@ -204,7 +204,27 @@ def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
             f"{CONFIG_VERSION}; update the file or the harness"
         )
     data["source"] = source
-    return _build(Config, _shorthands(data), key="", source=source)
+    cfg = _build(Config, _shorthands(data), key="", source=source)
+    check_executor(cfg.executor, source=source)
+    return cfg
+
+
+def check_executor(cfg: ExecutorConfig, *, source: str | None = None) -> None:
+    """Settings the types alone do not rule out; checked at load, so the error names the file."""
+    rules = [
+        ("workers", cfg.workers is None or cfg.workers >= 1, "at least 1, or null for one per core"),
+        ("cpus_per_unit", cfg.cpus_per_unit > 0, "a number above 0"),
+        ("gpus_per_unit", cfg.gpus_per_unit >= 0, "a number of at least 0 (a fraction shares a GPU)"),
+        ("reference_gpus_per_unit", cfg.reference_gpus_per_unit is None or cfg.reference_gpus_per_unit >= 0,
+         "a number of at least 0, or null for gpus_per_unit"),
+        ("runs_per_unit", cfg.runs_per_unit is None or cfg.runs_per_unit >= 1, "at least 1, or null to spread runs over the slots"),
+        ("max_retries", cfg.max_retries >= 0, "at least 0"),
+        ("max_in_flight", cfg.max_in_flight is None or cfg.max_in_flight >= 1, "at least 1, or null for the default"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            where = f"{source}: key 'executor.{key}'" if source else f"executor.{key}"
+            raise ConfigError(f"{where} must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's executor section")
 
 
 def _shorthands(data: dict[str, Any]) -> dict[str, Any]:

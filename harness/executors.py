@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config import ExecutorConfig
-from harness.errors import ConfigError, HarnessError
+from harness.config import ExecutorConfig, check_executor
+from harness.errors import HarnessError
 from harness.registry import Registry
 
 DETAIL_CHARS = 8_000  # traceback kept with a failure
+NODE_TIDY_S = 60.0  # wait for each node's tidy-up task at most this long
 _STARTUP_RETRIES = 2  # pool breaks in a row, before any unit started, tolerated before giving up
 
 
@@ -116,6 +117,11 @@ class Executor(abc.ABC):
     def unit_threads(self, resources: Resources) -> int:
         """Torch threads a unit with `resources` gets; units set them so results match everywhere."""
 
+    @abc.abstractmethod
+    def on_every_node(self, fn: Callable[[Any], Any], arg: Any) -> int:
+        """Run `fn(arg)` once on each live node (to tidy what units left there); how many ran it.
+        Best effort: a node that fails or is gone is skipped."""
+
     def close(self) -> None:
         """Release workers; the executor cannot be used afterwards."""
 
@@ -143,7 +149,7 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 def make_executor(cfg: ExecutorConfig) -> Executor:
     """The executor `cfg.kind` names, its settings checked first."""
-    check_config(cfg)
+    check_executor(cfg)
     return EXECUTORS.get(cfg.kind)(cfg)
 
 
@@ -155,22 +161,6 @@ def borrowed(executor: Executor | None, cfg: ExecutorConfig) -> Iterator[Executo
         return
     with make_executor(cfg) as owned:
         yield owned
-
-
-def check_config(cfg: ExecutorConfig) -> None:
-    rules = [
-        ("workers", cfg.workers is None or cfg.workers >= 1, "at least 1, or null for one per core"),
-        ("cpus_per_unit", cfg.cpus_per_unit > 0, "a number above 0"),
-        ("gpus_per_unit", cfg.gpus_per_unit >= 0, "a number of at least 0 (a fraction shares a GPU)"),
-        ("reference_gpus_per_unit", cfg.reference_gpus_per_unit is None or cfg.reference_gpus_per_unit >= 0,
-         "a number of at least 0, or null for gpus_per_unit"),
-        ("runs_per_unit", cfg.runs_per_unit is None or cfg.runs_per_unit >= 1, "at least 1, or null to spread runs over the slots"),
-        ("max_retries", cfg.max_retries >= 0, "at least 0"),
-        ("max_in_flight", cfg.max_in_flight is None or cfg.max_in_flight >= 1, "at least 1, or null for the default"),
-    ]
-    for key, ok, rule in rules:
-        if not ok:
-            raise ConfigError(f"executor.{key} must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's executor section")
 
 
 @EXECUTORS.register("local")
@@ -251,6 +241,14 @@ class LocalExecutor(Executor):
 
     def unit_threads(self, resources: Resources) -> int:
         return self.threads
+
+    def on_every_node(self, fn: Callable[[Any], Any], arg: Any) -> int:
+        _check_fn(fn)
+        try:
+            fn(arg)  # the one node is this machine
+        except Exception:  # noqa: BLE001 - best effort, as on Ray
+            return 0
+        return 1
 
     def slots(self, resources: Resources) -> int:
         """Workers; with GPUs, as many units as share this machine's one GPU (several GPUs: use Ray,
@@ -378,6 +376,30 @@ class RayExecutor(Executor):
 
     def unit_threads(self, resources: Resources) -> int:
         return max(1, int(resources.cpus))
+
+    def on_every_node(self, fn: Callable[[Any], Any], arg: Any) -> int:
+        _check_fn(fn)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        remote = self._ray.remote(fn)
+        refs = [
+            remote.options(num_cpus=0, max_retries=0,  # no CPU: it must not wait behind busy units
+                           scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(arg)
+            for node in self._ray.nodes() if node.get("Alive")
+        ]
+        if not refs:
+            return 0
+        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=NODE_TIDY_S)
+        ran = 0
+        for ref in ready:
+            try:
+                self._ray.get(ref)
+                ran += 1
+            except self._ray.exceptions.RayError:
+                pass  # that node is gone or failed: nothing left to tidy we can reach
+        for ref in set(refs) - set(ready):
+            self._ray.cancel(ref, force=True)
+        return ran
 
     def close(self) -> None:
         self._shared.clear()

@@ -37,7 +37,15 @@ from harness.statuses import Status
 from harness.store import Store, file_version
 from harness.timing import Timings
 from harness.training import init_model, timing_threads
-from harness.units import RunSubmission, TrainOriginal, labelled, run_submission, share_evaluation_sets, train_original
+from harness.units import (
+    RunSubmission,
+    TrainOriginal,
+    drop_node_data,
+    labelled,
+    run_submission,
+    share_evaluation_sets,
+    train_original,
+)
 
 LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
@@ -329,6 +337,8 @@ def score_entries(
                 log(_one_line(results[unit.tag]))
     finally:
         bar.close()
+        if units:
+            executor.on_every_node(drop_node_data, (units[0].work_root, inputs["data_key"]))
     return [results[position] for position in range(len(entries))]
 
 

@@ -173,7 +173,7 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     """
     process = _process_start()
     start = time.perf_counter()
-    root = Path(unit.work_root) if unit.work_root else Path(tempfile.gettempdir()) / "unlearning-harness"
+    root = _node_root(unit.work_root)
     data_dir = root / "data" / unit.data_key
     if not (data_dir / "val.npz").exists():  # once per node: the same key is the same data
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +189,17 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
     result["timings"]["cleanup"] = time.perf_counter() - cleanup
     result["timings"]["process"] = process
     return result
+
+
+def drop_node_data(where: tuple[str | None, str]) -> None:
+    """Remove the splits run_submission saved on this node under `(work_root, data_key)`; run on
+    every node once an entry list is scored, so a cluster's disks do not fill over competitions."""
+    work_root, data_key = where
+    shutil.rmtree(_node_root(work_root) / "data" / data_key, ignore_errors=True)
+
+
+def _node_root(work_root: str | None) -> Path:
+    return Path(work_root) if work_root else Path(tempfile.gettempdir()) / "unlearning-harness"
 
 
 def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> dict[str, Any]:

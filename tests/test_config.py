@@ -40,8 +40,9 @@ def test_load_config_overrides_win_over_yaml(tmp_path):
         ("version: 2\n", r"key 'version' is 2"),
         ("- a\n- b\n", r"top level must be a mapping"),
         ("a: [\n", r"not valid YAML"),
+        ("version: 1\nexecutor: {runs_per_unit: 0}\n", r"key 'executor.runs_per_unit' must be at least 1"),
     ],
-    ids=["unknown-key", "wrong-type", "bad-choice", "newer-version", "not-a-mapping", "bad-yaml"],
+    ids=["unknown-key", "wrong-type", "bad-choice", "newer-version", "not-a-mapping", "bad-yaml", "out-of-range"],
 )
 def test_load_config_errors_name_the_key_and_file(tmp_path, text, match):
     path = write(tmp_path / "bad.yaml", text)

@@ -8,7 +8,10 @@ seeds, and a Ray worker killed mid-unit must cost nothing but the time to run it
 
 import contextlib
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,11 +76,37 @@ def local_table(tmp_path_factory):
 
 
 def test_ray_competition_scores_equal_the_local_executor(cluster, local_table, tmp_path):
+    node_data = Path(tempfile.gettempdir()) / "unlearning-harness" / "data"  # both nodes' temp folder
+    shutil.rmtree(node_data, ignore_errors=True)
     cfg = config(tmp_path, "runs", **{"executor.kind": "ray", "executor.address": cluster.address})
     table = scores(run_competition(cfg, progress=False, log=lambda _: None))
     assert table.notna().all().all(), table
     assert table.equals(local_table), f"ray:\n{table}\nlocal:\n{local_table}"
     assert len(cluster.list_all_nodes()) == 2
+    assert not node_data.exists() or not any(node_data.iterdir()), "the nodes kept their copy of the splits"
+
+
+def record_node(folder: str) -> None:
+    """Leaves a file named by the node it ran on."""
+    (Path(folder) / ray.get_runtime_context().get_node_id()).touch()
+
+
+def test_on_every_node_runs_once_on_each_node(cluster, tmp_path):
+    from harness.config import ExecutorConfig
+    from harness.executors import make_executor
+
+    from ray import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # the cluster's workers cannot import this test file
+    try:
+        with make_executor(ExecutorConfig(kind="ray", address=cluster.address)) as executor:
+            ran = executor.on_every_node(record_node, str(tmp_path))
+            nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert ran == len(nodes) == 2
+    assert {path.name for path in tmp_path.iterdir()} == nodes
 
 
 def test_ray_worker_killed_mid_unit_is_retried_and_counted_once(cluster, local_table, tmp_path):

@@ -227,6 +227,7 @@ def test_an_entry_alone_is_spread_over_the_workers(tmp_path):
     assert result.status == "ok"
     assert len(result.unit_timings) == 2
     assert sorted(r["run_index"] for r in store.all_runs()) == [0, 1, 2, 3]
+    assert not any((cfg.run_dir / "work" / "data").iterdir()), "the splits the units read stayed on disk"
 
 
 @pytest.mark.parametrize("retries", [1, 0])
