@@ -548,7 +548,7 @@ def _record_prepared(store: Store, prep: Prepared) -> None:
 def _bar(enabled: bool, total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="run", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="run", disable=not enabled or total == 0, file=sys.stderr)  # nothing to run: no bar
 
 
 def _one_line(result: EntryResult) -> str:
