@@ -292,7 +292,8 @@ def score_entries(
             # a sandbox_error is the harness's failure, not the submission's: such runs run again
             retry = {r["run_index"] for r in stored if r["status"] == Status.SANDBOX_ERROR.value}
             failed_before = [r for r in stored if r["status"] not in (Status.OK.value, Status.SANDBOX_ERROR.value)]
-            todo = [i for i in range(n_runs) if i in retry or i not in {r["run_index"] for r in stored}]
+            have = {r["run_index"] for r in stored}
+            todo = [i for i in range(n_runs) if i in retry or i not in have]
             if todo and not failed_before and entry.kind == "oracle":
                 _oracle_runs(prep, store, sub_id, n_runs, executor=executor, timings=timings, progress=progress)
             elif todo and not failed_before:
@@ -353,12 +354,6 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
     with timings.measure("store"):
         for run in outcome["runs"]:
             store.record_run(plan.sub_id, leaderboard=prep.leaderboard, replace=run["run_index"] in plan.retry, **run)
-
-
-def score_entry(prep: Prepared, entry: Entry, store: Store, *, executor: Executor | None = None, **kwargs) -> EntryResult:
-    """One entry's missing runs and its score (score_entries for one)."""
-    with borrowed(executor, prep.cfg.executor) as executor:
-        return score_entries(prep, [entry], store, executor=executor, **kwargs)[0]
 
 
 @dataclass
