@@ -26,6 +26,12 @@ from typing import Any
 
 from harness.errors import HarnessError
 
+# Bumped whenever how a run is executed or timed changes, so that runs stored under an older
+# protocol are never resumed as if they had been timed under this one. 1: one worker process
+# performs every run, timed from its own progress lines. 2: one process per run, forked from a
+# warm parent that never imports the submission, timed by the host from its own channel.
+PROTOCOL_VERSION = 2
+
 SUBMISSION = "submission.py"
 ORIGINAL = "original.safetensors"
 SPEC = "spec.json"
