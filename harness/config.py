@@ -111,8 +111,12 @@ class SandboxConfig:
     shm_size_gb: float = 1.0
     cpus: float | None = None
     gpus: bool = False
-    scratch_gb: float = 4.0  # size of each tmpfs scratch (/tmp, /kaggle/tmp, /kaggle/working) in bubblewrap
+    scratch_gb: float = 4.0  # what a run may write into its scratch folders (/tmp, /dev/shm, /kaggle/*), in all
+    max_files: int = 20000  # files and folders a run may create there
     first_uid: int = 60000  # a root host runs each concurrent sandbox as its own uid from here (+0..999)
+    seccomp: bool = True  # bubblewrap: the system-call filter of harness.sandbox.seccomp
+    cgroups: bool = True  # cores, memory and processes per sandbox where the host has cgroup v1
+    docker_host_python: bool = False  # docker: bind the host's Python and harness into a minimal image
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """Where the worker runs: bubblewrap (Linux default), Docker (organizers), or a plain process.
 
-Each backend launches `python -m harness.sandbox.worker INBOX OUTBOX` and hands back a
-`Launched` handle that the host watches: merged stdout/stderr, exit status, a kill of the
-whole worker, and (where it can see them) the worker's processes' memory.
+Each backend starts `python -m harness.sandbox.worker INBOX OUTBOX` (the warm parent that forks
+one process per run, see harness.sandbox.worker) and hands back a `Launched` handle that the
+host watches: merged stdout/stderr, exit status, a kill of the whole sandbox, and what the host
+can measure from outside (memory, CPU time, processes).
 
-bubblewrap: new mount, pid, network, IPC, UTS and cgroup namespaces; a read-only system (/usr,
-the Python installation, the harness source); private tmpfs /tmp, /dev/shm, /kaggle/tmp and
-/kaggle/working; the inbox read-only and the outbox writable; GPUs bound in when present;
-environment cleared; killed with its parent. As non-root, a user namespace maps the sandbox's
-nobody (65534) to the caller. As root, a user namespace would map it to uid 0 outside (exempt
-from RLIMIT_NPROC and owner of root's files), so bwrap instead runs `privdrop`, which becomes a
-dedicated unprivileged uid with no capabilities before exec'ing the worker.
+bubblewrap: new mount, pid, network, IPC, UTS and cgroup namespaces; a seccomp filter (no new
+namespaces, mounts, ptrace, BPF...); a read-only system (/usr, the Python installation, the
+harness source); host folders for /tmp, /dev/shm, /kaggle/tmp and /kaggle/working that the host
+empties between runs; the inbox read-only; environment cleared; killed with its parent; inside
+a cgroup per controller (cores, memory with shared memory and tmpfs, processes, CPU time) on
+hosts that have them. As root, the warm parent keeps only CAP_SETUID, CAP_SETGID, CAP_SETPCAP
+and CAP_KILL, and each run drops to the sandbox's own unprivileged uid with no capabilities, so
+RLIMIT_NPROC holds and no run can signal, trace or read the parent. As non-root, a user
+namespace maps the sandbox's nobody (65534) to the caller.
 
 The pure parts (`bwrap_command`, `docker_run_kwargs`) build the command and the container spec
 from plain values, so they are tested without a GPU or a Docker daemon.
@@ -38,14 +41,16 @@ import harness
 from harness.config import SandboxConfig
 from harness.errors import HarnessError
 from harness.registry import Registry
-from harness.sandbox.limits import UidSlot, acquire_uid, current_slot, exec_command, rlimits_for
+from harness.sandbox.cgroups import SandboxGroup
+from harness.sandbox.limits import UidSlot, acquire_uid, cores_for, current_slot, exec_command, rlimits_for
+from harness.sandbox.protocol import CONTROL_ENV, OWN_PID_NAMESPACE_ENV, RUN_UID_ENV, THREADS_ENV
 from harness.sandbox.statuses import ExitInfo, exit_from_returncode
-from harness.sandbox.protocol import OWN_PID_NAMESPACE_ENV
 
 SANDBOX_INBOX = "/sandbox/inbox"
 SANDBOX_OUTBOX = "/sandbox/outbox"
 SANDBOX_HARNESS = "/opt/harness"  # the harness package is bound read-only at /opt/harness/harness
-SCRATCH_DIRS = ("/tmp", "/kaggle/tmp", "/kaggle/working")
+SCRATCH_DIRS = ("/tmp", "/kaggle/tmp", "/kaggle/working", "/dev/shm")  # one host folder each, emptied between runs
+ROOT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL")  # the warm parent's, never a run's
 NOBODY = 65534
 GIB = 1024**3
 # /etc entries the dynamic linker and Python want; nothing else of the host's /etc is visible.
@@ -64,10 +69,65 @@ class Launched(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """What the host gives one sandbox: the folder a run writes its weights into, the scratch
+    folders (sandbox path -> host folder), and a folder for the warm parent's FIFOs (Docker; the
+    other backends pass pipe ends in)."""
+
+    out: Path
+    scratch: Mapping[str, Path]
+    control_dir: Path
+
+
+class Channel:
+    """Two pipes to the warm parent: the host keeps `events` (read) and `commands` (write); the
+    other ends go into the sandbox and are closed here once it started."""
+
+    def __init__(self) -> None:
+        self.events, self._events_child = os.pipe()
+        self._commands_child, self.commands = os.pipe()
+        os.set_inheritable(self._events_child, True)
+        os.set_inheritable(self._commands_child, True)
+
+    @property
+    def child_fds(self) -> tuple[int, int]:
+        return self._events_child, self._commands_child
+
+    @property
+    def env(self) -> str:
+        return f"fd:{self._events_child},{self._commands_child}"
+
+    def started(self) -> None:
+        for fd in self.child_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass
+class Placement:
+    """Where a sandbox runs: its slot (and so its cores) and the uid its runs drop to."""
+
+    slot: UidSlot
+    cpus: tuple[int, ...]
+    run_as: tuple[int, int] | None  # None: runs keep the parent's uid (non-root hosts, none)
+    group: SandboxGroup | None = None  # cgroups, where the host has them (bubblewrap, none)
+
+    def release(self) -> None:
+        try:
+            if self.group is not None:
+                self.group.remove()
+        finally:
+            self.slot.release()
+
+
 class Backend(Protocol):
     name: str
 
-    def launch(self, *, inbox: Path, outbox: Path, limits: SandboxConfig, device: str) -> Launched: ...
+    def place(self, limits: SandboxConfig) -> Placement: ...
+    def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched: ...
 
 
 BACKENDS: Registry[type] = Registry("sandbox backend")
@@ -83,7 +143,8 @@ def worker_threads(limits: SandboxConfig) -> int:
 
 
 def sandbox_env(*, threads: int, pythonpath: Sequence[str], path: Sequence[str], home: str = "/tmp",
-                own_pid_namespace: bool = True) -> dict[str, str]:
+                own_pid_namespace: bool = True, control: str = "", run_as: tuple[int, int] | None = None,
+                gpu: str | None = None) -> dict[str, str]:
     """The whole environment the worker sees: nothing of the host's but CUDA_VISIBLE_DEVICES."""
     env = {
         "PATH": ":".join(path),
@@ -102,12 +163,36 @@ def sandbox_env(*, threads: int, pythonpath: Sequence[str], path: Sequence[str],
         "MPLCONFIGDIR": f"{home}/.matplotlib",
         "XDG_CACHE_HOME": f"{home}/.cache",
         "TORCH_HOME": f"{home}/.torch",
+        THREADS_ENV: str(threads),
+        CONTROL_ENV: control,
+        RUN_UID_ENV: "" if run_as is None else f"{run_as[0]}:{run_as[1]}",
     }
     if own_pid_namespace:
         env[OWN_PID_NAMESPACE_ENV] = "1"
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return env
+
+
+def unit_gpu() -> str | None:
+    """The one GPU this sandbox may use: the first of the host's CUDA_VISIBLE_DEVICES (the local
+    pool and Ray set it per unit), or GPU 0; None where there is no GPU."""
+    if not gpu_devices():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return visible or "0"
+
+
+def gpu_device_files(gpu: str | None) -> list[str]:
+    """The device files for one GPU: its /dev/nvidiaN and the shared control nodes, never another's."""
+    found = gpu_devices()
+    if gpu is None:
+        return []
+    shared = [d for d in found if not Path(d).name.removeprefix("nvidia").isdigit()]
+    own = [d for d in found if Path(d).name == f"nvidia{gpu}"]
+    return sorted(shared + own)
 
 
 def harness_source_dir() -> Path:
@@ -152,8 +237,12 @@ class BwrapPlan:
     root_dirs: tuple[str, ...]  # top-level system dirs to bind where they are real directories
     etc_files: tuple[str, ...]
     gpu_devices: tuple[str, ...] = ()
-    drop_to: tuple[int, int] | None = None  # (uid, gid) when the host is root
+    drop_to: tuple[int, int] | None = None  # (uid, gid) each run drops to when the host is root
     threads: int = 1
+    scratch: tuple[tuple[str, str], ...] = ()  # (host folder, sandbox path)
+    control: str = ""  # the parent's control channel, as CONTROL_ENV carries it
+    seccomp_fd: int | None = None
+    gpu: str | None = None
     cpu_sysfs: bool = True
     disable_userns: bool = True
     bwrap: str = "bwrap"
@@ -163,16 +252,17 @@ class BwrapPlan:
 
 def bwrap_command(plan: BwrapPlan, limits: SandboxConfig) -> list[str]:
     """The full bwrap argv for one worker (pure: every host fact comes in through `plan`)."""
-    scratch = str(int(limits.scratch_gb * GIB))
-    shm = str(int(limits.shm_size_gb * GIB))
     args = [plan.bwrap, "--die-with-parent", "--new-session"]
     args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if plan.drop_to is None:
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
         if plan.disable_userns:
             args += ["--disable-userns"]
-    else:  # root: no user namespace (it would map nobody to uid 0); privdrop sheds these three
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    else:  # root: no user namespace (it would map nobody to uid 0); each run sheds these four
+        for cap in ROOT_CAPS:
+            args += ["--cap-add", cap]
+    if plan.seccomp_fd is not None:
+        args += ["--seccomp", str(plan.seccomp_fd)]
     args += ["--hostname", "sandbox"]
     args += ["--ro-bind", "/usr", "/usr"]
     for link, target in sorted(plan.root_links.items()):
@@ -181,7 +271,7 @@ def bwrap_command(plan: BwrapPlan, limits: SandboxConfig) -> list[str]:
         args += ["--ro-bind-try", directory, directory]
     for path in plan.etc_files:
         args += ["--ro-bind-try", path, path]
-    made: set[str] = {"/", "/usr", *plan.root_links, *plan.root_dirs}
+    made: set[str] = {"/", "/usr", "/dev", *plan.root_links, *plan.root_dirs}
     for path in plan.python_paths:
         args += _parents(path, made) + ["--ro-bind", path, path]
     args += _parents(f"{SANDBOX_HARNESS}/harness", made) + ["--ro-bind", plan.harness_dir, f"{SANDBOX_HARNESS}/harness"]
@@ -190,22 +280,21 @@ def bwrap_command(plan: BwrapPlan, limits: SandboxConfig) -> list[str]:
         args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     for device in plan.gpu_devices:
         args += ["--dev-bind", device, device]
-    args += ["--perms", "1777", "--size", shm, "--tmpfs", "/dev/shm"]
-    for directory in SCRATCH_DIRS:
-        args += _parents(directory, made) + ["--perms", "1777", "--size", scratch, "--tmpfs", directory]
+    for host, inside in plan.scratch:
+        args += _parents(inside, made) + ["--bind", host, inside]
     args += _parents(SANDBOX_INBOX, made) + ["--ro-bind", plan.inbox, SANDBOX_INBOX, "--bind", plan.outbox, SANDBOX_OUTBOX]
     args += ["--chdir", "/kaggle/working", "--clearenv"]
     env = sandbox_env(
         threads=plan.threads,
         pythonpath=[SANDBOX_HARNESS, *plan.extra_pythonpath],
         path=["/usr/local/bin", "/usr/bin", "/bin", os.path.dirname(plan.python)],
+        control=plan.control,
+        run_as=plan.drop_to,
+        gpu=plan.gpu,
     )
     for key, value in sorted({**env, **plan.extra_env}.items()):
         args += ["--setenv", key, value]
     worker = [plan.python, "-m", "harness.sandbox.worker", SANDBOX_INBOX, SANDBOX_OUTBOX]
-    if plan.drop_to is not None:
-        uid, gid = plan.drop_to
-        worker = [plan.python, "-S", "-m", "harness.sandbox.privdrop", str(uid), str(gid), "--", *worker]
     return [*args, "--", *worker]
 
 
@@ -221,25 +310,31 @@ def _parents(dest: str, made: set[str]) -> list[str]:
     return args
 
 
-def plan_bwrap(*, inbox: Path, outbox: Path, limits: SandboxConfig, device: str, drop_to: tuple[int, int] | None) -> BwrapPlan:
-    """Inspect this host: its Python, its /bin-style links, its GPUs, bwrap's features."""
+def plan_bwrap(*, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement,
+               seccomp_fd: int | None, control: str) -> BwrapPlan:
+    """Inspect this host: its Python, its /bin-style links, its GPU, bwrap's features."""
     links = {d: os.readlink(d) for d in ROOT_DIRS if os.path.islink(d)}
     dirs = tuple(d for d in ROOT_DIRS if d not in links and os.path.isdir(d))
+    gpu = unit_gpu()
     return BwrapPlan(
         inbox=str(inbox),
-        outbox=str(outbox),
+        outbox=str(exchange.out),
         python=sys.executable,
         python_paths=tuple(python_paths()),
         harness_dir=str(harness_source_dir()),
         root_links=links,
         root_dirs=dirs,
         etc_files=tuple(p for p in ETC_FILES if os.path.exists(p)),
-        gpu_devices=tuple(gpu_devices()),  # whenever present, so CUDA inside matches CUDA outside
-        drop_to=drop_to,
-        threads=worker_threads(limits),
+        gpu_devices=tuple(gpu_device_files(gpu)),  # its own GPU only, so CUDA inside matches the unit's
+        drop_to=placement.run_as,
+        threads=len(placement.cpus),
         disable_userns="--disable-userns" in _bwrap_help(),
         bwrap=shutil.which("bwrap") or "bwrap",
         extra_pythonpath=tuple(p for p in [user_site_packages()] if p),
+        scratch=tuple((str(host), inside) for inside, host in exchange.scratch.items()),
+        control=control,
+        seccomp_fd=seccomp_fd,
+        gpu=gpu,  # CUDA still enumerates every GPU the driver has; only this one's node is there
     )
 
 
@@ -272,8 +367,10 @@ def bwrap_status() -> tuple[bool, str]:
 class ProcessLaunched:
     """A worker started as a local process tree (bubblewrap or none), in its own session."""
 
-    def __init__(self, popen: subprocess.Popen, *, slot: UidSlot | None, bwrap: bool) -> None:
-        self.popen, self.slot, self.bwrap = popen, slot, bwrap
+    def __init__(self, popen: subprocess.Popen, *, placement: Placement, bwrap: bool, channel: Channel) -> None:
+        self.popen, self.placement, self.bwrap = popen, placement, bwrap
+        self.events_fd, self.commands_fd = channel.events, channel.commands
+        self.group = placement.group
         self._oom_before = kernel_oom_kills()
 
     def output(self) -> Iterator[bytes]:
@@ -308,47 +405,93 @@ class ProcessLaunched:
             return None
 
     def kill(self) -> None:
-        """SIGKILL to the whole process group; bwrap's pid namespace takes everything inside with it."""
+        """SIGKILL to the whole process group and cgroup; bwrap's pid namespace takes the rest."""
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.group is not None:
+            self.group.kill()
 
     def memory_mb(self) -> float | None:
+        if self.group is not None:
+            return round(self.group.memory_bytes() / 2**20, 1)
         return tree_rss_mb(self.popen.pid)
+
+    def peak_memory_mb(self) -> float | None:
+        return None if self.group is None else round(self.group.peak_memory_bytes() / 2**20, 1)
+
+    def reset_peak_memory(self) -> None:
+        if self.group is not None:
+            self.group.reset_peak_memory()
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.group is None else self.group.cpu_seconds()
+
+    def oom_kills(self) -> int:
+        return (self.group.oom_kills() if self.group is not None else 0) + max(0, kernel_oom_kills() - self._oom_before)
+
+    def tree(self) -> list[int]:
+        """Every process of the sandbox, as the host sees them."""
+        return _descendants(self.popen.pid)
 
     def close(self) -> None:
         if self.popen.poll() is None:
             self.kill()
             self.popen.wait()
-        if self.slot is not None:
-            self.slot.release()
+        elif self.group is not None:
+            self.group.kill()
+
+
+def _place(limits: SandboxConfig, *, root_uid: bool, cgroups: bool) -> Placement:
+    """A slot (its cores; on a root host its uid) and, where the host has them, cgroups."""
+    from harness.sandbox import cgroups as cg
+
+    slot = acquire_uid(limits.first_uid) if root_uid else current_slot()
+    try:
+        cpus = cores_for(slot.index, worker_threads(limits))
+        placement = Placement(slot=slot, cpus=cpus, run_as=(slot.uid, slot.gid) if root_uid else None)
+        if cgroups and limits.cgroups and cg.available()[0]:
+            pids = None if limits.max_processes is None else int(limits.max_processes) + 64  # the parent's own threads
+            memory = None if limits.memory_gb is None else int(limits.memory_gb * GIB)
+            placement.group = SandboxGroup.create(cpus=cpus, memory_bytes=memory, pids_max=pids)
+        return placement
+    except BaseException:
+        slot.release()
+        raise
 
 
 @BACKENDS.register("bubblewrap")
 class BubblewrapBackend:
     name = "bubblewrap"
 
-    def launch(self, *, inbox: Path, outbox: Path, limits: SandboxConfig, device: str) -> Launched:
+    def place(self, limits: SandboxConfig) -> Placement:
         ok, why = bwrap_status()
         if not ok:
             raise SandboxUnavailable(f"sandbox backend 'bubblewrap' is unavailable: {why}")
-        root = os.geteuid() == 0
-        slot = acquire_uid(limits.first_uid) if root else current_slot()
+        return _place(limits, root_uid=os.geteuid() == 0, cgroups=True)
+
+    def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched:
+        from harness.sandbox import seccomp
+
+        make_readable(inbox)
+        seccomp_fd = seccomp.filter_fd() if limits.seccomp else None
+        channel = Channel()
         try:
-            drop_to = (slot.uid, slot.gid) if root else None
-            if root:
-                make_readable(inbox)
-                os.chown(outbox, slot.uid, slot.gid)
-            plan = plan_bwrap(inbox=inbox, outbox=outbox, limits=limits, device=device, drop_to=drop_to)
+            plan = plan_bwrap(inbox=inbox, exchange=exchange, limits=limits, device=device, placement=placement,
+                              seccomp_fd=seccomp_fd, control=channel.env)
+            uid = placement.run_as[0] if placement.run_as else os.getuid()
             rlimits = rlimits_for(memory_gb=limits.memory_gb, max_processes=limits.max_processes,
-                                  max_file_size_mb=limits.max_file_size_mb, uid=slot.uid)
-            command = exec_command(rlimits, bwrap_command(plan, limits))
-            popen = _spawn(command)
-        except BaseException:
-            slot.release()
-            raise
-        return ProcessLaunched(popen, slot=slot, bwrap=True)
+                                  max_file_size_mb=limits.max_file_size_mb, uid=uid)
+            group = placement.group.procs_files if placement.group is not None else ()
+            command = exec_command(rlimits, bwrap_command(plan, limits), cpus=placement.cpus, cgroups=tuple(group))
+            fds = channel.child_fds + ((seccomp_fd,) if seccomp_fd is not None else ())
+            popen = _spawn(command, pass_fds=fds)
+        finally:
+            channel.started()
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        return ProcessLaunched(popen, placement=placement, bwrap=True, channel=channel)
 
 
 @BACKENDS.register("none")
@@ -357,24 +500,34 @@ class NoSandboxBackend:
 
     name = "none"
 
-    def launch(self, *, inbox: Path, outbox: Path, limits: SandboxConfig, device: str) -> Launched:
-        scratch = outbox / "scratch"
-        scratch.mkdir(exist_ok=True)
+    def place(self, limits: SandboxConfig) -> Placement:
+        return _place(limits, root_uid=False, cgroups=True)
+
+    def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched:
+        home = exchange.scratch["/tmp"]
         rlimits = rlimits_for(memory_gb=limits.memory_gb, max_processes=limits.max_processes,
                               max_file_size_mb=limits.max_file_size_mb, uid=os.getuid())
-        worker = [sys.executable, "-m", "harness.sandbox.worker", str(inbox), str(outbox)]
+        worker = [sys.executable, "-m", "harness.sandbox.worker", str(inbox), str(exchange.out)]
+        channel = Channel()
         env = sandbox_env(
-            threads=worker_threads(limits),
+            threads=len(placement.cpus),
             pythonpath=[str(harness_source_dir().parent)],
             path=[os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"],
-            home=str(scratch),
+            home=str(home),
             own_pid_namespace=False,
+            control=channel.env,
         )
-        popen = _spawn(exec_command(rlimits, worker), env=env, cwd=str(scratch))
-        return ProcessLaunched(popen, slot=None, bwrap=False)
+        group = placement.group.procs_files if placement.group is not None else ()
+        try:
+            popen = _spawn(exec_command(rlimits, worker, cpus=placement.cpus, cgroups=tuple(group)), env=env,
+                           cwd=str(exchange.scratch["/kaggle/working"]), pass_fds=channel.child_fds)
+        finally:
+            channel.started()
+        return ProcessLaunched(popen, placement=placement, bwrap=False, channel=channel)
 
 
-def _spawn(command: list[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
+def _spawn(command: list[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+           pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start in a new session (so the host can kill the group), limits set by the exec wrapper."""
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(harness_source_dir().parent)}
     return subprocess.Popen(
@@ -384,67 +537,95 @@ def _spawn(command: list[str], *, env: Mapping[str, str] | None = None, cwd: str
         stderr=subprocess.STDOUT,
         start_new_session=True,
         close_fds=True,
+        pass_fds=pass_fds,
         env={**base, **(env or {})},
         cwd=cwd,
     )
 
 
 # -- docker ---------------------------------------------------------------------------------
+SANDBOX_CONTROL = "/sandbox/control"
+
+
 def docker_run_kwargs(
     *,
     image: str,
     inbox: str | Path,
-    outbox: str | Path,
+    exchange: Exchange,
     limits: SandboxConfig,
     device: str,
-    threads: int,
+    cpus: tuple[int, ...],
+    gpu: str | None = None,
     name: str | None = None,
+    host_python: Sequence[str] = (),
+    harness_dir: str | None = None,
+    python: str | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for docker's `containers.run` (pure; the daemon is not needed to test it)."""
+    """Keyword arguments for docker's `containers.run` (pure; the daemon is not needed to test it).
+
+    The warm parent runs as root inside with only the four capabilities it needs; each run drops
+    to nobody. `host_python` (with `harness_dir` and `python`) binds the host's Python and the
+    harness read-only into a minimal image instead of using what the image installed.
+    """
     from docker.types import DeviceRequest, Ulimit
 
-    scratch_mb = int(limits.scratch_gb * 1024)
+    volumes = {
+        str(inbox): {"bind": SANDBOX_INBOX, "mode": "ro"},
+        str(exchange.out): {"bind": SANDBOX_OUTBOX, "mode": "rw"},
+        str(exchange.control_dir): {"bind": SANDBOX_CONTROL, "mode": "rw"},
+    }
+    for inside, host in exchange.scratch.items():
+        volumes[str(host)] = {"bind": inside, "mode": "rw"}
+    pythonpath: list[str] = []
+    for path in host_python:
+        volumes[path] = {"bind": path, "mode": "ro"}
+    if harness_dir is not None:
+        volumes[harness_dir] = {"bind": f"{SANDBOX_HARNESS}/harness", "mode": "ro"}
+        pythonpath = [SANDBOX_HARNESS]
     kwargs: dict[str, Any] = {
         "image": image,
         "command": [SANDBOX_INBOX, SANDBOX_OUTBOX],  # the image's entrypoint is the worker
         "detach": True,
         "auto_remove": False,  # the host reads the logs and the exit state, then removes it
         "network_mode": "none",
-        "network_disabled": True,
         "read_only": True,
-        "user": f"{NOBODY}:{NOBODY}",
+        "user": "0:0",
         "cap_drop": ["ALL"],
+        "cap_add": [cap.removeprefix("CAP_") for cap in ROOT_CAPS],
         "security_opt": ["no-new-privileges"],
         "mem_limit": f"{int(limits.memory_gb * 1024)}m",
         "memswap_limit": f"{int(limits.memory_gb * 1024)}m",  # no swap on top
-        "pids_limit": int(limits.max_processes),
-        "shm_size": f"{int(limits.shm_size_gb * 1024)}m",
-        "tmpfs": {d: f"rw,nosuid,nodev,size={scratch_mb}m,mode=1777" for d in SCRATCH_DIRS},
-        "volumes": {
-            str(inbox): {"bind": SANDBOX_INBOX, "mode": "ro"},
-            str(outbox): {"bind": SANDBOX_OUTBOX, "mode": "rw"},
-        },
+        "pids_limit": int(limits.max_processes) + 64,
+        "shm_size": f"{int(limits.shm_size_gb * 1024)}m",  # /dev/shm itself is the host folder bound over it
+        "cpuset_cpus": ",".join(str(c) for c in cpus),
+        "volumes": volumes,
         "working_dir": "/kaggle/working",
-        "environment": sandbox_env(threads=threads, pythonpath=[], path=["/usr/local/bin", "/usr/bin", "/bin"]),
+        "environment": sandbox_env(threads=len(cpus), pythonpath=pythonpath, path=["/usr/local/bin", "/usr/bin", "/bin"],
+                                   control=f"fifo:{SANDBOX_CONTROL}", run_as=(NOBODY, NOBODY), gpu=gpu),
         "ulimits": [
             Ulimit(name="fsize", soft=limits.max_file_size_mb * 1024 * 1024, hard=limits.max_file_size_mb * 1024 * 1024),
             Ulimit(name="core", soft=0, hard=0),
         ],
-        "labels": {"unlearning-harness": "worker"},
+        "labels": {"unlearning-harness": "worker", "unlearning-harness.runner": str(os.getpid())},
     }
-    kwargs["environment"].pop("PYTHONPATH")  # the image installs the harness
+    if not pythonpath:
+        kwargs["environment"].pop("PYTHONPATH")  # the image installs the harness
+    if python is not None:
+        kwargs["entrypoint"] = [python, "-m", "harness.sandbox.worker"]
     if limits.cpus is not None:
         kwargs["nano_cpus"] = int(limits.cpus * 1e9)
-    if limits.gpus or device.startswith("cuda"):
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if gpu is not None and (limits.gpus or device.startswith("cuda")):
+        kwargs["device_requests"] = [DeviceRequest(device_ids=[gpu], capabilities=[["gpu"]])]
     if name is not None:
         kwargs["name"] = name
     return kwargs
 
 
 class DockerLaunched:
-    def __init__(self, container) -> None:
-        self.container = container
+    def __init__(self, container, *, placement: Placement, events_fd: int, commands_fd: int) -> None:
+        self.container, self.placement = container, placement
+        self.events_fd, self.commands_fd = events_fd, commands_fd
+        self.group = _container_group(container)
 
     def output(self) -> Iterator[bytes]:
         try:
@@ -457,7 +638,10 @@ class DockerLaunched:
         return self.container.attrs.get("State", {})
 
     def poll(self) -> ExitInfo | None:
-        state = self._state()
+        try:
+            state = self._state()
+        except Exception:  # noqa: BLE001 - removed meanwhile
+            return ExitInfo(signal=9)
         if state.get("Status") not in ("exited", "dead"):
             return None
         info = exit_from_returncode(int(state.get("ExitCode", -1)), bwrap=True)
@@ -469,7 +653,7 @@ class DockerLaunched:
             info = self.poll()
             if info is not None:
                 return info
-            time.sleep(0.1)
+            time.sleep(0.05)
         return self.poll()
 
     def kill(self) -> None:
@@ -479,7 +663,23 @@ class DockerLaunched:
             pass
 
     def memory_mb(self) -> float | None:
-        return None  # the worker reports its own peak; the cgroup limit enforces the cap
+        return None if self.group is None else round(self.group.memory_bytes() / 2**20, 1)
+
+    def peak_memory_mb(self) -> float | None:
+        return None if self.group is None else round(self.group.peak_memory_bytes() / 2**20, 1)
+
+    def reset_peak_memory(self) -> None:
+        if self.group is not None:
+            self.group.reset_peak_memory()
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.group is None else self.group.cpu_seconds()
+
+    def oom_kills(self) -> int:
+        return 0 if self.group is None else self.group.oom_kills()
+
+    def tree(self) -> list[int]:
+        return [] if self.group is None else self.group.pids()
 
     def close(self) -> None:
         try:
@@ -488,11 +688,27 @@ class DockerLaunched:
             pass
 
 
+class _DockerGroup(SandboxGroup):
+    """A container's own cgroups (cgroupfs driver: <controller>/docker/<id>), read-only use."""
+
+    def path(self, controller: str) -> Path:
+        return self.root / controller / "docker" / self.name
+
+
+def _container_group(container) -> SandboxGroup | None:
+    group = _DockerGroup(name=container.id, cpus=())
+    return group if group.path("cpuacct").exists() else None
+
+
 @BACKENDS.register("docker")
 class DockerBackend:
     name = "docker"
 
-    def launch(self, *, inbox: Path, outbox: Path, limits: SandboxConfig, device: str) -> Launched:
+    def place(self, limits: SandboxConfig) -> Placement:
+        slot = current_slot()
+        return Placement(slot=slot, cpus=cores_for(slot.index, worker_threads(limits)), run_as=(NOBODY, NOBODY))
+
+    def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched:
         try:
             import docker
 
@@ -500,18 +716,30 @@ class DockerBackend:
             client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means no daemon to talk to
             raise SandboxUnavailable(f"sandbox backend 'docker' is unavailable: {exc}") from None
-        if os.geteuid() == 0:
-            os.chown(outbox, NOBODY, NOBODY)
-        else:
-            os.chmod(outbox, 0o777)
         make_readable(inbox)
-        kwargs = docker_run_kwargs(image=limits.docker_image, inbox=inbox, outbox=outbox, limits=limits,
-                                   device=device, threads=worker_threads(limits))
+        for folder in (exchange.out, *exchange.scratch.values()):
+            if os.geteuid() == 0:
+                os.chown(folder, NOBODY, NOBODY)
+        os.chmod(exchange.control_dir, 0o700)  # root's only: the runs (nobody) cannot open the FIFOs
+        for name in ("events", "commands"):
+            os.mkfifo(exchange.control_dir / name, 0o600)
+        # both ends held here read-write, so neither open blocks before the container opens its own;
+        # the parent's end is then seen by the container's exit, not by an end of file
+        events = os.open(exchange.control_dir / "events", os.O_RDWR | os.O_CLOEXEC)
+        commands = os.open(exchange.control_dir / "commands", os.O_RDWR | os.O_CLOEXEC)
+        host = limits.docker_host_python
+        kwargs = docker_run_kwargs(
+            image=limits.docker_image, inbox=inbox, exchange=exchange, limits=limits, device=device, cpus=placement.cpus,
+            gpu=unit_gpu(), host_python=tuple(python_paths()) if host else (),
+            harness_dir=str(harness_source_dir()) if host else None, python=sys.executable if host else None,
+        )
         try:
             container = client.containers.run(**kwargs)
         except Exception as exc:  # noqa: BLE001 - image missing, bad spec: the sandbox's fault
+            os.close(events)
+            os.close(commands)
             raise SandboxUnavailable(f"docker could not start the worker from image {limits.docker_image!r}: {exc}") from None
-        return DockerLaunched(container)
+        return DockerLaunched(container, placement=placement, events_fd=events, commands_fd=commands)
 
 
 # -- choosing one ---------------------------------------------------------------------------

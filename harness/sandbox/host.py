@@ -1,15 +1,27 @@
-"""The host side: start a sandboxed worker, enforce the time cap, collect and validate each run.
+"""The host side: start a sandbox, time each run by its own clock, collect and validate each run.
 
-The host trusts its own clock and its own checks. It watches the worker's progress lines, kills
-the whole worker when a run passes the cap (plus a little slack) or a phase stalls, and keeps a
-hard deadline for the worker as a whole as a backstop. Returned weights are copied out of the
-sandbox's folder and validated (safetensors, same keys/shapes/dtypes as the original, finite)
-without executing anything. A run past the cap rejects the submission: the worker is killed and
-the runs not reached are reported as timeout ("not run: ...").
+Time and outcome come from host evidence only. The sandbox's warm parent (harness code that
+never runs the submission) forks one process per run and reports on a control channel that no
+run can reach: `started i` when the run's process exists, `exited i` once it and everything it
+started are dead. The host stamps both with its own monotonic clock as they arrive; a run is
+charged the whole window between them, less an allowance for the harness's own part (forking,
+building the model and loaders, writing the weights) that the host measures at start from two
+probe runs with nothing to import. Nothing a submission writes moves a run's time.
 
-Layout: the caller's `outbox` gets `exchange/` (the only folder the sandbox may write, removed
-afterwards), and the host's own records: `run_<i>.safetensors` (validated copies),
-`run_<i>.log` and `runs.jsonl` (one RunResult per line, without the log).
+Between runs nothing of the submission is alive, so the host empties every folder a run could
+write (with bounded, iterative walks) before the next starts. A run past the cap (plus a kill
+slack) is killed with its sandbox and rejects the submission; the runs not reached are reported
+as timeout ("not run: ..."). Returned weights are copied out and validated without executing
+anything (safetensors, at most twice the original's size, same keys/shapes/dtypes, finite).
+
+A run's outcome is `sandbox_error` only where the host itself saw the sandbox fail: it could not
+start, or died or misbehaved before any submission code ran. Should the warm parent die during
+a run (out of memory, or killed where runs share its uid), that run gets its status and the
+remaining runs go on in a fresh sandbox.
+
+Layout: the caller's `outbox` gets `exchange/` (what the sandbox may write, removed afterwards),
+and the host's own records: `run_<i>.safetensors` (validated copies), `run_<i>.log` and
+`runs.jsonl` (one RunResult per line, without the log).
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
+import select
+import signal
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -27,16 +41,27 @@ from pathlib import Path
 
 from harness.config import SandboxConfig
 from harness.errors import HarnessError
-from harness.sandbox.backends import Backend, Launched, get_backend, resolve_backend
+from harness.sandbox import fsguard
+from harness.sandbox.backends import SCRATCH_DIRS, Backend, Exchange, Launched, Placement, get_backend, resolve_backend
 from harness.sandbox.logs import LogSplitter
-from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, PROGRESS, RUNS, parse_progress_line, read_spec, weights_name
+from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, RUNS, ControlLine, parse_control_line, read_spec, weights_name
 from harness.sandbox.statuses import ExitInfo, Status, classify_exit, describe_exit, one_line
 
 EXCHANGE = "exchange"
-POLL_S = 0.05
-MEMORY_SAMPLE_S = 0.25
+POLL_S = 0.02
+WATCH_S = 0.25
 DISK_CHECK_S = 1.0
+PROBES = (-1, -2)
+MAX_RELAUNCHES = 3
 MIB = 1024 * 1024
+# What a run may claim about itself; everything else is the host's to say.
+CLAIMABLE = frozenset({Status.OK, Status.IMPORT_ERROR, Status.MISSING_FUNCTION, Status.EXCEPTION,
+                       Status.OUT_OF_MEMORY, Status.BAD_WEIGHTS})
+
+
+def seconds_text(value: float) -> str:
+    """The one way a time is written in every reason and table: '1.65 s'."""
+    return f"{value:.2f} s"
 
 
 @dataclass
@@ -47,11 +72,14 @@ class RunResult:
     seed: int
     status: Status
     reason: str | None
-    seconds: float | None
+    seconds: float | None  # charged: the host-seen window less the measured harness allowance
     peak_mem_mb: float | None
     log: str
     weights_path: Path | None  # validated copy, outside the sandbox's folder; None unless ok
     peak_gpu_mb: float | None = None
+    cpu_seconds: float | None = None  # CPU time of the sandbox's processes during the run (cgroups)
+    window_s: float | None = None  # host-seen wall time from the run's start to its end
+    scratch_mb: float | None = None  # what the run left in its scratch folders (deleted)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -62,8 +90,9 @@ class RunResult:
 
 
 def cap_slack(time_cap_s: float) -> float:
-    """How far past the cap a run may go before the kill (polling and start-up jitter)."""
-    return 1.0 + 0.02 * time_cap_s
+    """How far past the cap a run may go before the kill (polling and start-up jitter); the
+    verdict itself is always `seconds > cap`."""
+    return 0.5 + 0.02 * time_cap_s
 
 
 def run_worker(
@@ -79,11 +108,11 @@ def run_worker(
     grace_s: float = 10.0,
     startup_timeout_s: float = 120.0,
 ) -> list[RunResult]:
-    """Run a submission's `n_runs` runs in one sandboxed worker; every run gets a RunResult.
+    """Run a submission's `n_runs` runs, one process each, in a sandbox; every run gets a RunResult.
 
-    `time_cap_s=None` exempts the submission from the cap (the retrain oracle). `grace_s`
-    bounds importing the submission and each step between runs; `startup_timeout_s` bounds
-    the worker's own start (torch, data). `on_run` is called once per run, in order, as soon as
+    `time_cap_s=None` exempts the submission from the cap (the retrain oracle). `grace_s` bounds
+    the harness's own steps (a fork, the clean-up between runs); `startup_timeout_s` the
+    sandbox's start (torch, data, warm-up). `on_run` is called once per run, in order, as soon as
     it is known, so callers can commit each run at once.
     """
     inbox, outbox = Path(inbox).resolve(), Path(outbox).resolve()
@@ -96,45 +125,78 @@ def run_worker(
     limits = limits or SandboxConfig()
     outbox.mkdir(parents=True, exist_ok=True)
     exchange = outbox / EXCHANGE
-    if exchange.exists():
-        shutil.rmtree(exchange)
-    exchange.mkdir(mode=0o700)
     reports: queue.SimpleQueue = queue.SimpleQueue()
-    session = _Session(
-        seeds=spec.seeds,
-        time_cap_s=time_cap_s,
-        grace_s=grace_s,
-        startup_timeout_s=startup_timeout_s,
-        limits=limits,
-        inbox=inbox,
-        outbox=outbox,
-        exchange=exchange,
-        report=reports.put,
-    )
+    results: dict[int, RunResult] = {}
+
+    def record(result: RunResult) -> None:
+        if result.index not in results:
+            results[result.index] = result
+            reports.put(result)
+
+    context = _Context(seeds=spec.seeds, cap=time_cap_s, grace=grace_s, startup_timeout=startup_timeout_s, limits=limits,
+                       inbox=inbox, outbox=outbox, exchange=exchange, device=device, record=record, results=results)
     try:
         chosen = resolve_backend(backend, allow_unsafe_fallback=False) if backend == "auto" else backend
         runner = get_backend(chosen) if isinstance(chosen, str) else chosen
-        try:
-            launched = runner.launch(inbox=inbox, outbox=exchange, limits=limits, device=device)
-        except (HarnessError, OSError) as exc:  # SandboxUnavailable, no free uid, no bwrap binary...
-            session.fail_all(Status.SANDBOX_ERROR, one_line(f"the sandbox could not start: {exc}"))
-            reports.put(_DONE)
-        else:
-            threading.Thread(target=session.watch_then_close, args=(launched, reports), daemon=True).start()
-        _deliver(reports, session, on_run)
+        worker = threading.Thread(target=_supervise, args=(context, runner, reports), daemon=True)
+        worker.start()
+        _deliver(reports, context, on_run)
+        worker.join()
     finally:
-        shutil.rmtree(exchange, ignore_errors=True)
-    results = session.ordered()
-    session.write_records(results)
-    return results
+        fsguard.remove(exchange)
+    ordered = [results[i] for i in sorted(results)]
+    _write_records(outbox, ordered)
+    return ordered
 
 
 _DONE = object()
 
 
-def _deliver(reports: queue.SimpleQueue, session: _Session, on_run: Callable[[RunResult], None] | None) -> None:
+@dataclass
+class _Context:
+    """What every sandbox of one run_worker call shares."""
+
+    seeds: tuple[int, ...]
+    cap: float | None
+    grace: float
+    startup_timeout: float
+    limits: SandboxConfig
+    inbox: Path
+    outbox: Path
+    exchange: Path
+    device: str
+    record: Callable[[RunResult], None]
+    results: dict[int, RunResult]
+    aborted: bool = False  # the caller's on_run raised: stop at once
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def _supervise(context: _Context, backend: Backend, reports: queue.SimpleQueue) -> None:
+    """Sandboxes until every run has a result: a fresh one only after a warm parent died mid-run."""
+    try:
+        pending = list(range(context.n))
+        launches = 0
+        while pending and not context.aborted:
+            launches += 1
+            session = _Session(context, backend, pending)
+            pending = session.drive()
+            if pending and launches > MAX_RELAUNCHES:
+                reason = f"not run: the sandbox's warm parent died {launches} times"
+                for i in pending:
+                    context.record(_bare(context, i, Status.WORKER_DIED, reason))
+                pending = []
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        reports.put(exc)
+    finally:
+        reports.put(_DONE)
+
+
+def _deliver(reports: queue.SimpleQueue, context: _Context, on_run: Callable[[RunResult], None] | None) -> None:
     """Hand each result to `on_run` in the caller's thread (a store's SQLite connection lives
-    there), while the watcher thread keeps timing the worker, unaffected by slow callbacks."""
+    there), while the supervisor keeps timing the sandbox, unaffected by slow callbacks."""
     failure: BaseException | None = None
     while True:
         item = reports.get()
@@ -145,266 +207,184 @@ def _deliver(reports: queue.SimpleQueue, session: _Session, on_run: Callable[[Ru
         elif on_run is not None and failure is None:
             try:
                 on_run(item)
-            except BaseException as exc:  # noqa: BLE001 - re-raised once the worker is down
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the sandbox is down
                 failure = exc
-                session.aborted = True
+                context.aborted = True
     if failure is not None:
         raise failure
 
 
-class _Lines:
-    """New complete lines of a file the sandbox writes; opened without following links or blocking."""
+def _bare(context: _Context, index: int, status: Status, reason: str, seconds: float | None = None, log: str = "") -> RunResult:
+    return RunResult(index, context.seeds[index], status, one_line(reason), seconds, None, log, None)
 
-    def __init__(self, path: Path, *, max_line: int = 4096) -> None:
-        self.path, self.max_line = path, max_line
-        self.offset = 0
-        self.partial = b""
 
-    def read(self) -> list[str]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return []
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return []
-            os.lseek(fd, self.offset, os.SEEK_SET)
-            data = os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
-        self.offset += len(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        if len(self.partial) > self.max_line:
-            self.partial = b""
-        return [line.decode("utf-8", errors="replace") for line in lines if len(line) <= self.max_line]
+class _Stop(Exception):
+    """The sandbox is being given up: (status, reason for the run in flight, reason for the rest)."""
+
+    def __init__(self, status: Status, reason: str, rest: str | None = None, *, relaunch: bool = False,
+                 seconds: float | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.rest = status, reason, rest or reason
+        self.relaunch, self.seconds = relaunch, seconds
 
 
 class _Session:
-    """State of one worker as the host sees it; phases: boot, import, setup, run, save, done."""
+    """One sandbox, driven run by run."""
 
-    def __init__(self, *, seeds, time_cap_s, grace_s, startup_timeout_s, limits, inbox, outbox, exchange, report) -> None:
-        self.seeds = list(seeds)
-        self.n = len(self.seeds)
-        self.cap = time_cap_s
-        self.grace = grace_s
-        self.startup_timeout = startup_timeout_s
-        self.limits = limits
-        self.inbox, self.outbox, self.exchange = inbox, outbox, exchange
-        self.report = report
-        self.aborted = False  # the caller's on_run raised: kill the worker and stop
-        self._last_read = time.monotonic()
-        self.splitter = LogSplitter(limit=limits.log_bytes)
-        self.progress = _Lines(exchange / PROGRESS)
-        self.rows_file = _Lines(exchange / RUNS, max_line=65536)
-        self.rows: dict[int, dict] = {}
-        self.results: dict[int, RunResult] = {}
-        self.phase, self.index, self.phase_started = "boot", 0, time.monotonic()
-        self.run_start: dict[int, float] = {}
-        self.run_seconds: dict[int, float] = {}
-        self.host_peak: dict[int, float] = {}
-        self.kill: tuple[Status, str, str, int | None] | None = None  # status, reason at, reason rest, at
+    def __init__(self, context: _Context, backend: Backend, pending: list[int]) -> None:
+        self.c, self.backend, self.pending = context, backend, list(pending)
+        self.splitter = LogSplitter(limit=context.limits.log_bytes)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.launched: Launched | None = None
+        self.placement: Placement | None = None
+        self.allowance = 0.0
+        self.in_flight: int | None = None
+        self.quit_sent = False
         self._reference = None
-        weights_budget = 2 * (inbox / ORIGINAL).stat().st_size * self.n
-        self.disk_limit = limits.max_file_size_mb * MIB + weights_budget + 64 * MIB
+        self._stop_reading = threading.Event()
+        self.weights_limit = 2 * (context.inbox / ORIGINAL).stat().st_size + MIB
 
-    # -- watching -----------------------------------------------------------------------------
-    def watch_then_close(self, launched: Launched, reports: queue.SimpleQueue) -> None:
+    # -- the whole sandbox --------------------------------------------------------------------
+    def drive(self) -> list[int]:
+        """Run the pending runs; the ones still pending when the warm parent died mid-run."""
+        readers: list[threading.Thread] = []
         try:
-            self.watch(launched)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            reports.put(exc)
-        finally:
             try:
-                launched.close()
-            finally:
-                reports.put(_DONE)
-
-    def watch(self, launched: Launched) -> None:
-        started = time.monotonic()
-        reader = threading.Thread(target=self._read_output, args=(launched,), daemon=True)
-        reader.start()
-        hard = None
-        if self.cap is not None:
-            per_run = self.cap + cap_slack(self.cap) + 2 * self.grace
-            self.hard_total = self.startup_timeout + self.grace + self.n * per_run
-            hard = started + self.hard_total
-        last_memory = last_disk = 0.0
-        info: ExitInfo | None = None
-        while info is None:
-            self._handle_events()
-            info = launched.poll()
-            if info is not None:
-                break
-            now = time.monotonic()
-            if now - last_memory >= MEMORY_SAMPLE_S:
-                last_memory = now
-                self._sample_memory(launched)
-            if now - last_disk >= DISK_CHECK_S:
-                last_disk = now
-                self._check_disk(now)
-            if self.kill is None:
-                self.kill = self._overdue(now, hard)
-            if self.kill is not None or self.aborted or (self.phase == "done" and now - self.phase_started > self.grace):
-                launched.kill()
-                info = launched.wait(30.0) or ExitInfo(signal=9)
-                break
-            time.sleep(POLL_S)
-        reader.join(timeout=5.0)
-        self.splitter.close()
-        self._handle_events()
-        self._finish(info)
-
-    def _read_output(self, launched: Launched) -> None:
-        for chunk in launched.output():
-            self.splitter.feed(chunk)
-        self.splitter.close()
-
-    def _sample_memory(self, launched: Launched) -> None:
-        if self.phase not in ("setup", "run", "save"):
-            return
-        rss = launched.memory_mb()
-        if rss is not None:
-            self.host_peak[self.index] = max(self.host_peak.get(self.index, 0.0), rss)
-
-    def _check_disk(self, now: float) -> None:
-        used = 0
-        for root, _dirs, files in os.walk(self.exchange):
-            for name in files:
+                self._launch(readers)
+                self._boot()
+            except _Stop as stop:
+                self._fail_rest(Status.SANDBOX_ERROR, stop.reason, stop.reason, from_start=True)
+                return []
+            while self.pending and not self.c.aborted:
+                index = self.pending[0]
                 try:
-                    used += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    continue
-        if used > self.disk_limit and self.kill is None:
-            reason = f"wrote {used / MIB:.0f} MB into the worker's output folder, over its {self.disk_limit / MIB:.0f} MB limit"
-            self.kill = (Status.EXCEPTION, reason, f"not run: {reason}", self.index)
+                    self._run(index)
+                except _Stop as stop:
+                    self._give_up(index, stop)
+                    self.pending = [i for i in self.pending if i != index]
+                    if stop.relaunch and self.pending:
+                        return self.pending
+                    self._fail_rest(stop.status if stop.status is not Status.OK else Status.WORKER_DIED, stop.rest, stop.rest)
+                    return []
+                self.pending.pop(0)
+            self._send("quit")
+            self.quit_sent = True
+            return []
+        finally:
+            self._close(readers)
 
-    def _overdue(self, now: float, hard: float | None) -> tuple[Status, str, str, int | None] | None:
-        """The kill this moment calls for, if any: (status, reason for run `at`, for the rest, at)."""
-        elapsed = now - self.phase_started
-        i = self.index
-        if hard is not None and now > hard:
-            reason = f"the worker as a whole passed its hard deadline of {self.hard_total:.0f} s"
-            return Status.TIMEOUT, reason, f"not run: {reason}", None
-        if self.phase == "boot" and elapsed > self.startup_timeout:
-            reason = f"the worker did not start within {self.startup_timeout:.0f} s (loading torch and the data)"
-            return Status.SANDBOX_ERROR, reason, reason, None
-        if self.phase == "import" and elapsed > self.grace:
-            reason = f"importing the submission took over {self.grace:.0f} s"
-            return Status.TIMEOUT, reason, reason, None
-        if self.phase == "run" and self.cap is not None and elapsed > self.cap + cap_slack(self.cap):
-            self.run_seconds[i] = elapsed
-            return (
-                Status.TIMEOUT,
-                f"ran {elapsed:.1f} s, past the {self.cap:.1f} s time cap; killed",
-                f"not run: run {i} exceeded the {self.cap:.1f} s time cap (killed after {elapsed:.1f} s)",
-                i,
-            )
-        if self.phase in ("setup", "save") and elapsed > self.grace:
-            what = "preparing" if self.phase == "setup" else "saving the weights of"
-            reason = f"the worker spent over {self.grace:.0f} s {what} run {i}"
-            return Status.TIMEOUT, reason, f"not run: {reason}", i
-        return None
-
-    # -- progress events ----------------------------------------------------------------------
-    def _handle_events(self) -> None:
-        """New progress lines; each happened after the previous read began and before now.
-
-        The worker stamps runs with CLOCK_MONOTONIC, which the host shares; a stamp is trusted
-        only within that window, so an honest worker is timed exactly (even when the host was
-        busy validating weights) and a lying one gains at most one polling gap.
-        """
-        started = time.monotonic()
-        lines = self.progress.read()
-        window = (self._last_read, time.monotonic())
-        self._last_read = started
-        for line in lines:
-            event = parse_progress_line(line)
-            if event is not None:
-                self._on_event(event, window)
-
-    def _on_event(self, event, window: tuple[float, float]) -> None:
-        kind, i = event.kind, event.index
-        low, now = window
-        if kind == "ready" and self.phase == "boot":
-            self._enter("import", 0, now)
-        elif kind == "imported" and self.phase == "import":
-            self._enter("setup", 0, now)
-        elif kind == "start" and self.phase == "setup" and i == self.index:
-            self.run_start[i] = min(max(event.value, low), now)
-            self._enter("run", i, self.run_start[i])
-        elif kind == "stop" and self.phase == "run" and i == self.index:
-            stopped = min(max(self.run_start[i] + event.value, low), now)
-            seconds = stopped - self.run_start[i]
-            self.run_seconds[i] = seconds
-            self._enter("save", i, now)
-            if self.cap is not None and seconds > self.cap and self.kill is None:
-                self.kill = (
-                    Status.TIMEOUT,
-                    f"took {seconds:.2f} s, past the {self.cap:.2f} s time cap",
-                    f"not run: run {i} exceeded the {self.cap:.2f} s time cap (took {seconds:.2f} s)",
-                    i,
-                )
-        elif kind == "end" and self.phase == "save" and i == self.index:
-            if self.kill is None:
-                self._finalize_from_row(i)
-            self._enter("setup", i + 1, now)
-        elif kind == "done" and self.phase != "done":
-            if self.kill is None:
-                self._finalize_reported()
-            self._enter("done", self.n, now)
-
-    def _enter(self, phase: str, index: int, now: float) -> None:
-        self.phase, self.index, self.phase_started = phase, index, now
-
-    # -- results ------------------------------------------------------------------------------
-    def _row(self, index: int) -> dict | None:
-        for line in self.rows_file.read():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("index"), int):
-                self.rows.setdefault(row["index"], row)
-        return self.rows.get(index)
-
-    def _finalize_reported(self) -> None:
-        """Results for the runs the worker reported, in order, up to the first it did not."""
-        for index in range(self.n):
-            if not self._finalize_from_row(index):
-                return
-
-    def _finalize_from_row(self, index: int) -> bool:
-        if index in self.results or not 0 <= index < self.n:
-            return index in self.results
-        if index in self.run_start:
-            self.splitter.wait_for_end(index, timeout=1.0)
-        row = self._row(index)
-        if row is None:
-            return False
+    def _launch(self, readers: list[threading.Thread]) -> None:
+        fsguard.remove(self.c.exchange)
+        self.c.exchange.mkdir(mode=0o755)
         try:
-            status = Status.parse(row.get("status"))
-        except HarnessError:
-            status = Status.WORKER_DIED
-            row = {**row, "reason": f"the worker's report for run {index} is malformed"}
-        reason = None if row.get("reason") is None else one_line(str(row["reason"]))
-        seconds = self.run_seconds.get(index)
-        peak = _max(_number(row.get("peak_rss_mb")), self.host_peak.get(index))
-        weights = None
-        if status is Status.OK:
-            if seconds is None:
-                status, reason = Status.WORKER_DIED, f"the worker reported run {index} without the host seeing it run"
-            elif self.cap is not None and seconds > self.cap:
-                status, reason = Status.TIMEOUT, f"took {seconds:.2f} s, past the {self.cap:.2f} s time cap"
+            self.placement = self.backend.place(self.c.limits)
+            exchange = self._folders()
+            self.launched = self.backend.launch(inbox=self.c.inbox, exchange=exchange, limits=self.c.limits,
+                                                device=self.c.device, placement=self.placement)
+        except (HarnessError, OSError) as exc:  # SandboxUnavailable, no free uid, no bwrap binary...
+            raise _Stop(Status.SANDBOX_ERROR, f"the sandbox could not start: {exc}") from None
+        for target in (self._read_output, self._read_events):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            readers.append(thread)
+
+    def _folders(self) -> Exchange:
+        """The out folder and one scratch folder per writable path, owned by the runs' uid."""
+        root = self.c.exchange
+        out = root / "out"
+        scratch = {inside: root / "scratch" / inside.strip("/").replace("/", "_") for inside in SCRATCH_DIRS}
+        control = root / "control"
+        for folder in (out, *scratch.values(), control):
+            folder.mkdir(parents=True, mode=0o700)
+        run_as = self.placement.run_as if self.placement else None
+        for folder in (out, *scratch.values()):
+            if os.geteuid() == 0 and run_as is not None:
+                os.chown(folder, *run_as)
+                folder.chmod(0o700)
             else:
-                weights, problem = self._take_weights(index)
-                if problem is not None:
-                    status, reason = Status.BAD_WEIGHTS, problem
+                folder.chmod(0o1777 if folder != out else 0o777)
+        (root / "scratch").chmod(0o755)
+        self.scratch_dirs = [out, *scratch.values()]
+        return Exchange(out=out, scratch=scratch, control_dir=control)
+
+    def _boot(self) -> None:
+        """Wait for the warm parent, then measure the harness's own part of a run."""
+        line = self._next("ready", deadline=time.monotonic() + self.c.startup_timeout, phase="boot")
+        assert line.kind == "ready"
+        windows = []
+        for probe in PROBES:
+            window, exited = self._one(probe, cap=None)
+            claim = exited.claim or {}
+            if exited.how != "code:0" or claim.get("status") != "ok" or exited.left:
+                last = self.splitter.last_line(probe)
+                raise _Stop(Status.SANDBOX_ERROR, f"the sandbox's probe run failed ({exited.how}, {claim.get('reason')})"
+                            + (f"; last output: {last}" if last else ""))
+            windows.append(window)
+            self._clean()
+        self.allowance = min(windows)
+
+    # -- one run ----------------------------------------------------------------------------
+    def _run(self, index: int) -> None:
+        launched = self.launched
+        launched.reset_peak_memory()
+        cpu_before = launched.cpu_seconds()
+        window, exited = self._one(index, cap=self.c.cap)
+        cpu = None if cpu_before is None else round(launched.cpu_seconds() - cpu_before, 3)
+        seconds = max(0.0, window - self.allowance)
+        if exited.left:
+            self._kill()
+            raise _Stop(Status.EXCEPTION, f"left {exited.left} processes the sandbox could not stop",
+                        f"not run: run {index} left processes the sandbox could not stop", seconds=seconds)
+        status, reason, weights = self._outcome(index, exited, seconds)
+        scratch = self._clean()
+        peak = launched.peak_memory_mb() or _number((exited.claim or {}).get("peak_rss_mb"))
+        self.splitter.wait_for_end(index, timeout=1.0)
         log = self.splitter.text(index)
-        if status in (Status.IMPORT_ERROR, Status.MISSING_FUNCTION) or (index == 0 and self.splitter.text(None)):
+        if status is not Status.OK and index == 0:
             log = self.splitter.text(None) + log
-        self._record(RunResult(index, self.seeds[index], status, reason, seconds, peak, log, weights,
-                               _number(row.get("peak_gpu_mb"))))
-        return True
+        result = RunResult(index, self.c.seeds[index], status, reason, round(seconds, 6), peak, log, weights,
+                           _number((exited.claim or {}).get("peak_gpu_mb")), cpu, round(window, 6), scratch)
+        self.c.record(result)
+        if status is Status.TIMEOUT:
+            raise _Stop(Status.TIMEOUT, reason, f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap "
+                                                f"(took {seconds_text(seconds)})", seconds=seconds)
+
+    def _one(self, index: int, *, cap: float | None) -> tuple[float, ControlLine]:
+        """Start run `index`, watch it, and return (its host-seen window, its exit line)."""
+        self._send(f"run {index}")
+        started = self._next("started", deadline=time.monotonic() + self.c.grace, phase="fork", index=index)
+        self.in_flight = index
+        t0 = started.stamp
+        deadline = None if cap is None else t0 + self.allowance + cap + cap_slack(cap)
+        if index < 0:
+            deadline = t0 + self.c.startup_timeout
+        exited = self._next("exited", deadline=deadline, phase="run", index=index, since=t0)
+        self.in_flight = None
+        return exited.stamp - t0, exited.line
+
+    def _outcome(self, index: int, exited: ControlLine, seconds: float) -> tuple[Status, str, Path | None]:
+        claim = exited.claim
+        if claim is None:  # it ended without reporting: how it ended says why
+            signum = int(exited.how.split(":")[1]) if exited.how.startswith("signal:") else None
+            code = int(exited.how.split(":")[1]) if exited.how.startswith("code:") else None
+            info = ExitInfo(code=code, signal=signum, kernel_oom_kills=self.launched.oom_kills())
+            status, why = classify_exit(info, log_tail=self.splitter.text(index))
+            return status, one_line(f"the run's process {why} without reporting"), None
+        try:
+            status = Status.parse(claim.get("status"))
+        except HarnessError:
+            status = None
+        if status not in CLAIMABLE:
+            return Status.EXCEPTION, "the run's report is malformed (the submission wrote into the harness's channel)", None
+        reason = claim.get("reason") or None
+        if status is not Status.OK:
+            return status, reason or status.doc, None
+        if self.c.cap is not None and seconds > self.c.cap:
+            return Status.TIMEOUT, f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap", None
+        weights, problem = self._take_weights(index)
+        if problem is not None:
+            return Status.BAD_WEIGHTS, problem, None
+        return Status.OK, None, weights
 
     def _take_weights(self, index: int) -> tuple[Path | None, str | None]:
         """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes."""
@@ -412,8 +392,8 @@ class _Session:
 
         from harness.models import validate_state_dict
 
-        source = self.exchange / weights_name(index)
-        limit = self.limits.max_file_size_mb * MIB
+        source = self.scratch_dirs[0] / weights_name(index)
+        limit = min(self.weights_limit, self.c.limits.max_file_size_mb * MIB)
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -423,19 +403,22 @@ class _Session:
             if not stat.S_ISREG(info.st_mode):
                 return None, "the weights file is not a regular file"
             if info.st_size > limit:
-                return None, f"the weights file has {info.st_size / MIB:.0f} MB, over the {limit / MIB:.0f} MB limit"
+                return None, (f"the weights file has {info.st_size / MIB:.0f} MB, over its {limit / MIB:.0f} MB limit "
+                              "(twice the original's)")
             with os.fdopen(os.dup(fd), "rb") as handle:
                 data = handle.read(limit + 1)
         finally:
             os.close(fd)
+        if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > min(len(data) - 8, 16 * MIB):
+            return None, "the weights file's header is malformed or oversized"
         try:
             state = load_bytes(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure means unusable weights
-            return None, one_line(f"the weights file is not valid safetensors ({exc})")
+            return None, one_line(f"the weights file is not valid safetensors ({type(exc).__name__})")
         problem = validate_state_dict(self.reference, state)
         if problem is not None:
             return None, one_line(f"the returned weights do not fit the model: {problem}")
-        target = self.outbox / weights_name(index)
+        target = self.c.outbox / weights_name(index)
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
@@ -446,69 +429,200 @@ class _Session:
         if self._reference is None:
             from safetensors.torch import load_file
 
-            self._reference = load_file(str(self.inbox / ORIGINAL))
+            self._reference = load_file(str(self.c.inbox / ORIGINAL))
         return self._reference
 
-    def _record(self, result: RunResult) -> None:
-        self.results[result.index] = result
-        self.report(result)
+    def _clean(self) -> float:
+        """Measure, then empty every folder a run could write (nothing of it is alive now); MB seen."""
+        total = 0
+        for folder in self.scratch_dirs:
+            size = fsguard.measure(folder, max_entries=self.c.limits.max_files, max_depth=4096)
+            total += size.bytes
+            fsguard.clear(folder)
+        return round(total / MIB, 3)
 
-    def _finish(self, info: ExitInfo) -> None:
-        """Every run without a result gets one: from its row, the kill, or how the worker ended."""
-        if self.kill is None:
-            self._finalize_reported()
-        pending = [i for i in range(self.n) if i not in self.results]
-        if not pending:
+    # -- watching ---------------------------------------------------------------------------
+    def _next(self, kind: str, *, deadline: float | None, phase: str, index: int | None = None, since: float | None = None):
+        """The next control line of `kind` (for `index`), watching the sandbox meanwhile."""
+        last_watch = last_disk = 0.0
+        while True:
+            try:
+                item = self.events.get(timeout=POLL_S)
+            except queue.Empty:
+                item = None
+            if item is _EOF:
+                self._died(phase, index, since)
+            if item is not None:
+                stamp, line = item
+                if line is not None and line.kind == kind and (index is None or line.index == index):
+                    return _Stamped(stamp, line)
+                continue  # anything else is out of order: the parent is ours, so only a bug does this
+            now = time.monotonic()
+            if self.c.aborted:
+                raise _Stop(Status.WORKER_DIED, "the caller stopped the scoring")
+            if self.launched.poll() is not None:
+                self._died(phase, index, since)
+            if deadline is not None and now > deadline:
+                self._overdue(phase, index, since, now)
+            if phase == "run" and index is not None and index >= 0:
+                if now - last_watch >= WATCH_S:
+                    last_watch = now
+                    self._watch(index)
+                if now - last_disk >= DISK_CHECK_S:
+                    last_disk = now
+                    self._check_disk(index)
+
+    def _overdue(self, phase: str, index: int | None, since: float | None, now: float) -> None:
+        self._kill()
+        if phase == "run" and index is not None and index >= 0:
+            seconds = max(0.0, now - since - self.allowance)
+            raise _Stop(Status.TIMEOUT, f"ran {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap; killed",
+                        f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap (killed after {seconds_text(seconds)})",
+                        seconds=seconds)
+        what = {"boot": f"did not start within {self.c.startup_timeout:.0f} s (loading torch and the data)",
+                "fork": f"did not start run {index} within {self.c.grace:.0f} s",
+                "run": f"did not finish its probe run within {self.c.startup_timeout:.0f} s"}[phase]
+        raise _Stop(Status.SANDBOX_ERROR, f"the sandbox {what}")
+
+    def _died(self, phase: str, index: int | None, since: float | None) -> None:
+        """The warm parent is gone: a sandbox failure unless a run was in flight."""
+        info = self.launched.wait(5.0) or ExitInfo(signal=9)
+        if phase == "run" and index is not None and index >= 0:
+            status, why = classify_exit(ExitInfo(code=info.code, signal=info.signal, oom_killed=info.oom_killed,
+                                                 kernel_oom_kills=max(info.kernel_oom_kills, self.launched.oom_kills())),
+                                        log_tail=self.splitter.text(index))
+            seconds = None if since is None else max(0.0, time.monotonic() - since - self.allowance)
+            raise _Stop(status, f"the sandbox {why} during run {index}", relaunch=True, seconds=seconds)
+        last = self.splitter.last_line(None)
+        raise _Stop(Status.SANDBOX_ERROR, f"the sandbox failed to start: it {describe_exit(info)}"
+                    + (f"; last output: {last}" if last else ""))
+
+    def _watch(self, index: int) -> None:
+        """Where the host has no cgroups: the tree's memory against the limit, from outside."""
+        launched = self.launched
+        if getattr(launched, "group", None) is not None or self.c.limits.memory_gb is None:
             return
-        status, at_reason, rest_reason, at = self.kill or self._death(info)
-        for i in pending:
-            reason = at_reason if at is None or i == at else rest_reason
-            seconds = self.run_seconds.get(i)
-            if seconds is None and i in self.run_start and i == at:
-                seconds = time.monotonic() - self.run_start[i]
-            log = self.splitter.text(i)
-            if at is None or self.phase in ("boot", "import"):
-                log = self.splitter.text(None) + log
-            self._record(RunResult(i, self.seeds[i], status, one_line(reason), seconds, self.host_peak.get(i), log, None))
+        used = launched.memory_mb()
+        if used is not None and used > self.c.limits.memory_gb * 1024:
+            self._kill()
+            raise _Stop(Status.OUT_OF_MEMORY, f"the sandbox used {used:.0f} MB, over its {self.c.limits.memory_gb * 1024:.0f} MB limit",
+                        f"not run: run {index} ran out of memory")
 
-    def _death(self, info: ExitInfo) -> tuple[Status, str, str, int | None]:
-        """Why the worker ended on its own, from the phase it was in and how it ended."""
-        how = describe_exit(info)
-        if self.phase == "boot":
-            last = self.splitter.last_line(None)
-            reason = f"the worker failed to start: it {how}" + (f"; last output: {last}" if last else "")
-            return Status.SANDBOX_ERROR, reason, reason, None
-        if self.phase == "import":
-            status, why = classify_exit(info, log_tail=self.splitter.text(None))
-            reason = f"the worker {why} while importing the submission"
-            return status, reason, reason, None
-        if self.phase == "done":
-            reason = "the worker finished without reporting this run"
-            return Status.WORKER_DIED, reason, reason, None
-        i = self.index
-        status, why = classify_exit(info, log_tail=self.splitter.text(i))
-        where = {"setup": f"while preparing run {i}", "run": f"during run {i}", "save": f"while saving run {i}"}[self.phase]
-        return status, f"the worker {why} {where}", f"not run: the worker {why} {where}", i
+    def _check_disk(self, index: int) -> None:
+        limits = self.c.limits
+        entries = size = 0
+        for folder in self.scratch_dirs:
+            seen = fsguard.measure(folder, max_entries=limits.max_files, max_depth=4096)
+            entries += seen.entries
+            size += seen.bytes
+        budget = limits.scratch_gb * 1024 * MIB + self.weights_limit
+        problem = None
+        if entries > limits.max_files:
+            problem = f"created over {limits.max_files} files in its scratch folders"
+        elif size > budget:
+            problem = f"wrote {size / MIB:.0f} MB into its scratch folders, over the {budget / MIB:.0f} MB limit"
+        if problem is not None:
+            self._kill()
+            raise _Stop(Status.EXCEPTION, problem, f"not run: run {index} {problem}")
 
-    def fail_all(self, status: Status, reason: str) -> None:
-        for i in range(self.n):
-            self._record(RunResult(i, self.seeds[i], status, reason, None, None, "", None))
+    def _kill(self) -> None:
+        if self.launched is not None:
+            self.launched.kill()
 
-    def ordered(self) -> list[RunResult]:
-        return [self.results[i] for i in sorted(self.results)]
+    def _send(self, command: str) -> None:
+        try:
+            os.write(self.launched.commands_fd, (command + "\n").encode())
+        except OSError:
+            pass  # the parent is gone; the watch loop tells why
 
-    def write_records(self, results: list[RunResult]) -> None:
-        """The host's own view of every run, next to the validated weights."""
-        lines = [json.dumps(result.to_dict()) for result in results]
-        (self.outbox / RUNS).write_text("\n".join(lines) + ("\n" if lines else ""))
-        for result in results:
-            (self.outbox / f"run_{result.index}.log").write_text(result.log)
+    def _read_events(self) -> None:
+        fd, buffer = self.launched.events_fd, b""
+        while not self._stop_reading.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            stamp = time.monotonic()
+            if not chunk:
+                self.events.put(_EOF)
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                self.events.put((stamp, parse_control_line(raw.decode("utf-8", errors="replace"))))
+
+    def _read_output(self) -> None:
+        for chunk in self.launched.output():
+            self.splitter.feed(chunk)
+        self.splitter.close()
+
+    # -- ending -----------------------------------------------------------------------------
+    def _give_up(self, index: int, stop: _Stop) -> None:
+        """The run in flight (if it has no result yet) gets the stop's status."""
+        if index in self._recorded():
+            return
+        self.splitter.wait_for_end(index, timeout=0.5)
+        log = self.splitter.text(index)
+        if index == 0:
+            log = self.splitter.text(None) + log
+        self.c.record(_bare(self.c, index, stop.status, stop.reason, stop.seconds, log))
+
+    def _fail_rest(self, status: Status, reason: str, rest: str, *, from_start: bool = False) -> None:
+        done = self._recorded()
+        for i in self.pending:
+            if i not in done:
+                log = self.splitter.text(None) if from_start else ""
+                self.c.record(_bare(self.c, i, status, reason if from_start else rest, None, log))
+        self.pending = []
+
+    def _recorded(self) -> set[int]:
+        return set(self.c.results)
+
+    def _close(self, readers: list[threading.Thread]) -> None:
+        launched = self.launched
+        try:
+            if launched is not None:
+                if not self.quit_sent or launched.wait(self.c.grace) is None:
+                    launched.kill()
+                    launched.wait(30.0)
+                launched.close()
+        finally:
+            self._stop_reading.set()
+            for thread in readers:
+                thread.join(timeout=5.0)
+            self.splitter.close()
+            if launched is not None:
+                for fd in (launched.events_fd, launched.commands_fd):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            if self.placement is not None:
+                self.placement.release()
+
+
+@dataclass
+class _Stamped:
+    stamp: float
+    line: ControlLine
+
+    def __getattr__(self, name):
+        return getattr(self.line, name)
+
+
+_EOF = object()
+
+
+def _write_records(outbox: Path, results: list[RunResult]) -> None:
+    """The host's own view of every run, next to the validated weights."""
+    lines = [json.dumps(result.to_dict()) for result in results]
+    (outbox / RUNS).write_text("\n".join(lines) + ("\n" if lines else ""))
+    for result in results:
+        (outbox / f"run_{result.index}.log").write_text(result.log)
 
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _max(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None

@@ -96,12 +96,18 @@ def count_tasks(uid: int) -> int:
 
 
 class UidSlot:
-    """An unprivileged uid for one sandbox, held (by an flock) for the worker's lifetime."""
+    """One concurrent sandbox's slot, held (by an flock) for its lifetime: its index picks its
+    cores, and on a root host its uid (`first_uid + index`) is the one its runs drop to."""
 
-    def __init__(self, uid: int, handle: int | None) -> None:
+    def __init__(self, uid: int, handle: int | None, index: int = 0) -> None:
         self.uid = uid
         self.gid = uid
+        self.index = index
         self._handle = handle
+
+    def _release_handle(self) -> int | None:
+        handle, self._handle = self._handle, None
+        return handle
 
     def release(self) -> None:
         if self._handle is not None:
@@ -141,32 +147,65 @@ def acquire_uid(first_uid: int, *, slots: int = UID_SLOTS) -> UidSlot:
         except BlockingIOError:
             os.close(handle)
             continue
-        return UidSlot(uid, handle)
+        return UidSlot(uid, handle, slot)
     raise HarnessError(f"all {slots} sandbox uids from {first_uid} are in use; wait for sandboxes to finish")
 
 
 def current_slot() -> UidSlot:
-    """The non-root case: the worker runs as the caller's own uid (mapped to nobody inside)."""
-    return UidSlot(os.getuid(), None)
+    """The non-root case: the worker runs as the caller's own uid (mapped to nobody inside);
+    the slot's index still comes from the lock folder, so concurrent sandboxes get other cores."""
+    held = acquire_uid(60000)
+    return UidSlot(os.getuid(), held._release_handle(), held.index)
 
 
-def exec_command(limits: Rlimits, command: list[str]) -> list[str]:
-    """`command` prefixed by a tiny exec wrapper that sets the limits first.
+def cores_for(slot: int, width: int) -> tuple[int, ...]:
+    """The `width` cores a sandbox in `slot` gets: slots tile the machine's cores in order, so
+    the sandboxes of a pool with one worker per core never share one."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    width = max(1, min(int(width), len(allowed)))
+    groups = max(1, len(allowed) // width)
+    start = (slot % groups) * width
+    return tuple(allowed[start:start + width])
+
+
+def exec_command(limits: Rlimits, command: list[str], *, cpus: tuple[int, ...] = (), cgroups: tuple[str, ...] = ()) -> list[str]:
+    """`command` prefixed by a tiny exec wrapper that joins the sandbox's cgroups, pins the CPUs and
+    sets the limits first, so nothing the sandbox starts is ever outside them.
 
     A wrapper rather than Popen's preexec_fn, which is unsafe in a host with threads. It runs as
     `python -S` (no site-packages), with PYTHONPATH pointing at the harness package's parent.
     """
     values = [("-" if value is None else str(value)) for value in (limits.data_bytes, limits.nproc, limits.fsize_bytes, limits.core_bytes)]
-    return [sys.executable, "-S", "-m", "harness.sandbox.limits", *values, "--", *command]
+    options: list[str] = []
+    if cpus:
+        options += ["--cpus", ",".join(str(c) for c in cpus)]
+    for procs in cgroups:
+        options += ["--cgroup", procs]
+    return [sys.executable, "-S", "-m", "harness.sandbox.limits", *values, *options, "--", *command]
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 6 or argv[4] != "--":
-        print("usage: python -m harness.sandbox.limits DATA NPROC FSIZE CORE -- COMMAND...", file=sys.stderr)
+    usage = "usage: python -m harness.sandbox.limits DATA NPROC FSIZE CORE [--cpus LIST] [--cgroup PROCS]... -- COMMAND..."
+    if len(argv) < 6 or "--" not in argv[4:]:
+        print(usage, file=sys.stderr)
         os._exit(2)
     data, nproc, fsize, core = (None if value == "-" else int(value) for value in argv[:4])
+    split = argv.index("--", 4)
+    options, command = argv[4:split], argv[split + 1:]
+    try:
+        while options:
+            flag, value, options = options[0], options[1], options[2:]
+            if flag == "--cgroup":
+                with open(value, "w") as handle:  # join before anything else runs
+                    handle.write(str(os.getpid()))
+            elif flag == "--cpus":
+                os.sched_setaffinity(0, {int(c) for c in value.split(",")})
+            else:
+                raise ValueError(flag)
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"limits: cannot place the sandbox ({exc}); {usage}", file=sys.stderr)
+        os._exit(125)
     apply_rlimits(Rlimits(data_bytes=data, nproc=nproc, fsize_bytes=fsize, core_bytes=core))
-    command = argv[5:]
     os.execvp(command[0], command)
 
 

@@ -1,20 +1,12 @@
-"""What the host and the worker exchange: file names, the run spec, progress lines, log markers.
+"""What the host and the worker exchange: file names, the run spec, control lines, log markers.
 
 Imported on both sides of the sandbox wall, so it needs nothing beyond the standard library.
 
 The inbox (read-only inside the sandbox) holds `submission.py`, `original.safetensors`,
-`spec.json`, `retain.npz`, `forget.npz` and `val.npz`. The worker writes into its outbox:
-`run_<i>.safetensors` (atomically), one JSON line per run in `runs.jsonl`, and `progress`, one
-line per event, which the host watches to enforce the per-run time cap:
-
-    ready <monotonic>      torch and the data are loaded; the submission is imported next
-    imported <monotonic>   the submission imported and defines unlearning()
-    start <i> <monotonic>  unlearning() is about to be called for run i
-    stop <i> <seconds>     unlearning() returned (or raised) after <seconds>
-    end <i>                run i's weights and its runs.jsonl row are written
-    done                   every run is reported
-
-Run indices are positions in the spec's list of runs (0..n-1).
+`spec.json`, `retain.npz`, `forget.npz` and `val.npz`. A run writes only `run_<i>.safetensors`
+into the outbox; times and outcomes travel over the control channel (see harness.sandbox.worker),
+which no run can reach. Run indices are positions in the spec's list of runs (0..n-1); negative
+indices are the host's probes.
 """
 
 from __future__ import annotations
@@ -37,8 +29,7 @@ ORIGINAL = "original.safetensors"
 SPEC = "spec.json"
 SPLITS = ("retain", "forget", "val")
 INBOX_FILES = (SUBMISSION, ORIGINAL, SPEC, *(f"{split}.npz" for split in SPLITS))
-PROGRESS = "progress"
-RUNS = "runs.jsonl"
+RUNS = "runs.jsonl"  # the host's own records, beside the validated weights
 BATCH_FORMATS = ("dict", "tuple")
 
 # Printed on the worker's stdout at each run boundary, so the host can cut the log per run in
@@ -47,6 +38,9 @@ MARKER = "\x1e[harness] run "
 MARKER_END = "\x1e[harness] end "
 # Set by backends whose worker has a pid namespace of its own, where it may kill(-1) leftovers.
 OWN_PID_NAMESPACE_ENV = "HARNESS_OWN_PID_NAMESPACE"
+CONTROL_ENV = "HARNESS_CONTROL"  # fd:EVENTS,COMMANDS (pipes passed in) or fifo:DIR (Docker)
+RUN_UID_ENV = "HARNESS_RUN_UID"  # uid:gid each run drops to (root hosts and Docker); empty: stay
+THREADS_ENV = "HARNESS_THREADS"  # torch threads per run: the cores the sandbox is given
 
 
 def weights_name(index: int) -> str:
@@ -67,6 +61,7 @@ class WorkerSpec:
     time_cap_s: float | None = None
     batch_format_override: str | None = None  # dry-run --batch-format: wins over BATCH_FORMAT
     deterministic: bool = False
+    source_name: str | None = None  # the participant's file name, for reasons and tracebacks
 
     def to_json(self) -> str:
         data = dict(self.__dict__)
@@ -98,6 +93,7 @@ def parse_spec(data: dict[str, Any], *, source: str = SPEC) -> WorkerSpec:
         time_cap_s=None if data.get("time_cap_s") is None else float(data["time_cap_s"]),
         batch_format_override=data.get("batch_format_override"),
         deterministic=bool(data.get("deterministic", False)),
+        source_name=_base_name(data.get("source_name")),
     )
     for key in ("batch_format", "batch_format_override"):
         value = getattr(spec, key)
@@ -115,30 +111,39 @@ def read_spec(inbox: str | Path) -> WorkerSpec:
     return parse_spec(data, source=str(path))
 
 
+def _base_name(value: object) -> str | None:
+    """A file's base name only: a host path never reaches a reason or a log."""
+    if not isinstance(value, str) or not value:
+        return None
+    name = value.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c if c.isprintable() else "?" for c in name)[:80] or None
+
+
 @dataclass(frozen=True)
-class Event:
-    """One progress line, parsed; `index` is None for ready/imported/done."""
+class ControlLine:
+    """One line from the warm parent: `ready`, `started i pid`, `exited i how left claim`."""
 
     kind: str
     index: int | None = None
-    value: float | None = None
+    pid: int | None = None
+    how: str | None = None  # "code:N" or "signal:N"
+    left: int = 0  # processes of the run still alive after the parent tried to kill them
+    claim: dict | None = None
 
 
-def parse_progress_line(line: str) -> Event | None:
-    """None for anything that is not a well-formed progress line (a submission may scribble)."""
-    parts = line.split()
-    if not parts:
-        return None
-    kind, args = parts[0], parts[1:]
+def parse_control_line(line: str) -> ControlLine | None:
+    """None for anything malformed (the parent is the harness's own code: it never should be)."""
+    kind, _, rest = line.strip().partition(" ")
     try:
-        if kind in ("ready", "imported") and len(args) <= 1:
-            return Event(kind, value=float(args[0]) if args else None)
-        if kind == "done" and not args:
-            return Event(kind)
-        if kind in ("start", "stop") and len(args) == 2:
-            return Event(kind, index=int(args[0]), value=float(args[1]))
-        if kind == "end" and len(args) == 1:
-            return Event(kind, index=int(args[0]))
+        if kind == "ready" and not rest:
+            return ControlLine("ready")
+        if kind == "started":
+            index, pid = rest.split()
+            return ControlLine("started", index=int(index), pid=int(pid))
+        if kind == "exited":
+            index, how, left, claim = rest.split(" ", 3)
+            value = json.loads(claim)
+            return ControlLine("exited", index=int(index), how=how, left=int(left), claim=value if isinstance(value, dict) else None)
     except ValueError:
         return None
     return None

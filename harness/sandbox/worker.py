@@ -1,21 +1,32 @@
-"""The sandboxed worker: load torch once, import the submission once, perform every run.
+"""Inside the sandbox: a warm parent that never runs submission code, and one fresh process per run.
 
     python -m harness.sandbox.worker INBOX OUTBOX
 
-For each run: a fresh model with the original weights, in train mode, on the spec's device;
-python/numpy/torch seeded with the run's seed; shuffled retain/forget/val loaders; then
-`unlearning(net, retain_loader, forget_loader, val_loader)`, timed. A returned nn.Module wins
-over `net`. Its state_dict goes to OUTBOX/run_<i>.safetensors (tmp + os.replace) and a JSON line
-to OUTBOX/runs.jsonl. The host trusts none of it blindly: it times runs with its own clock and
-validates the weights itself.
+The parent (the "zygote") imports torch and the usual libraries, loads the data and the original
+weights, warms torch up on one thread without touching CUDA, then waits for the host's commands
+on its control channel. For `run i` it forks a child and tells the host at once (`started i`);
+the child drops every privilege, closes the control channel, imports the submission (its import
+is part of the run), builds the model and the loaders, calls `unlearning()`, extracts the
+registered parameters and buffers with the harness's own code (never an overridable
+`state_dict`), writes them to OUTBOX/run_<i>.safetensors and exits. When it has exited, the
+parent kills whatever it left behind (processes, and with them their threads) and only then
+tells the host (`exited i ...`). The host stamps both lines with its own clock, so the run's
+time covers every instruction the submission executed; nothing the submission writes moves it.
 
-Everything here runs in the same process as the submission, so it guards against what that
-code can do to the worker's own loop: children it forks never return into the loop, and inside
-its own pid namespace the worker clears the submission's leftover processes after each run.
+The parent cannot be traced, read or signalled by the runs: it is not dumpable, and a run is
+another uid (root hosts, Docker) with no capabilities. Control lines (parent -> host):
+
+    ready                                 warm; waiting for commands
+    started <i> <pid>                     run i's process exists (i = -1, -2: the host's probes)
+    exited <i> <how> <left> <claim>       it and all it started are gone; <claim> is the child's
+                                          own JSON report (status, reason, peaks) or null
+
+and commands (host -> parent): `run <i>`, `quit`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib.util
 import json
@@ -29,13 +40,14 @@ import warnings
 from pathlib import Path
 
 from harness.sandbox.protocol import (
+    CONTROL_ENV,
     MARKER,
     MARKER_END,
     ORIGINAL,
     OWN_PID_NAMESPACE_ENV,
-    PROGRESS,
-    RUNS,
+    RUN_UID_ENV,
     SUBMISSION,
+    THREADS_ENV,
     WorkerSpec,
     read_spec,
     weights_name,
@@ -43,59 +55,86 @@ from harness.sandbox.protocol import (
 from harness.sandbox.statuses import Status, exception_status, one_line
 
 TRACEBACK_LINES = 30
+CLAIM_BYTES = 64 * 1024
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+# What a typical submission imports at its top: imported once here, so its own import costs milliseconds.
+PRELOAD = ("torchvision", "numpy", "scipy", "scipy.stats", "pandas", "sklearn", "sklearn.linear_model",
+           "sklearn.model_selection", "sklearn.metrics", "torch.nn.functional", "torch.utils.data")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-class Worker:
-    def __init__(self, inbox: Path, outbox: Path) -> None:
-        self.inbox, self.outbox = inbox, outbox
-        self.pid = os.getpid()
+# -- the control channel ---------------------------------------------------------------------
+class Control:
+    """Line-based, over two pipes (or FIFOs) that only the parent holds."""
+
+    def __init__(self, events: int, commands: int) -> None:
+        self.events, self.commands = events, commands
+        self._buffer = b""
+
+    @classmethod
+    def from_env(cls) -> Control:
+        value = os.environ.get(CONTROL_ENV, "")
+        kind, _, where = value.partition(":")
+        if kind == "fd":
+            events, commands = (int(x) for x in where.split(","))
+            return cls(events, commands)
+        if kind == "fifo":
+            commands = os.open(os.path.join(where, "commands"), os.O_RDONLY | os.O_CLOEXEC)
+            events = os.open(os.path.join(where, "events"), os.O_WRONLY | os.O_CLOEXEC)
+            return cls(events, commands)
+        raise SystemExit(f"worker: {CONTROL_ENV} must be fd:W,R or fifo:DIR, got {value!r}")
+
+    def send(self, line: str) -> None:
+        data = (line + "\n").encode()
+        while data:
+            data = data[os.write(self.events, data):]
+
+    def receive(self) -> str | None:
+        """The next command, or None once the host closed its end."""
+        while b"\n" not in self._buffer:
+            chunk = os.read(self.commands, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def close(self) -> None:
+        for fd in (self.events, self.commands):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# -- the warm parent -------------------------------------------------------------------------
+class Zygote:
+    def __init__(self, inbox: Path, outbox: Path, control: Control) -> None:
+        self.inbox, self.outbox, self.control = inbox, outbox, control
         self.spec: WorkerSpec = read_spec(inbox)
-        self._progress = open(outbox / PROGRESS, "a", buffering=1)
-        self._runs = open(outbox / RUNS, "a", buffering=1)
+        self.pid = os.getpid()
+        self.own_namespace = os.environ.get(OWN_PID_NAMESPACE_ENV) == "1"
+        self.threads = max(1, int(os.environ.get(THREADS_ENV, "1") or 1))
+        drop = os.environ.get(RUN_UID_ENV, "")
+        self.run_as = tuple(int(x) for x in drop.split(":")) if drop else None
 
-    # -- protocol ---------------------------------------------------------------------------
-    def emit(self, line: str) -> None:
-        """A progress line for the host; what the submission printed so far is flushed first."""
-        flush_std()
-        self._progress.write(line + "\n")
-        self._progress.flush()
-
-    @staticmethod
-    def mark(text: str) -> None:
-        """A log marker on the worker's real stdout, whatever the submission did to sys.stdout."""
-        flush_std()
-        try:
-            os.write(1, text.encode())
-        except OSError:
-            pass
-
-    def report(self, index: int, status: Status, reason: str | None, seconds: float | None, peak_rss_mb: float | None,
-               peak_gpu_mb: float | None = None) -> None:
-        row = {
-            "index": index,
-            "seed": self.spec.seeds[index],
-            "status": str(status),
-            "reason": reason,
-            "seconds": seconds,
-            "peak_rss_mb": peak_rss_mb,
-            "peak_gpu_mb": peak_gpu_mb,
-        }
-        self._runs.write(json.dumps(row) + "\n")
-        self._runs.flush()
-
-    def report_all(self, status: Status, reason: str) -> None:
-        for index in range(len(self.spec.seeds)):
-            self.report(index, status, reason, None, peak_rss_mb())
-        self.emit("done")
-
-    # -- the work ---------------------------------------------------------------------------
     def setup(self) -> None:
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/<pid>/mem, no fd reopening
+        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # a run's orphans come back here to be killed
         import torch
         from safetensors.torch import load_file
 
         from harness.data.loaders import load_split
         from harness.models import build_model
 
+        torch.set_num_threads(1)  # warm up single-threaded: a forked child inherits no thread pool
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a library this machine lacks is the submission's problem
+                pass
         self.torch, self.build_model = torch, build_model
         self.arrays = {split: load_split(self.inbox / f"{split}.npz") for split in ("retain", "forget", "val")}
         self.original = load_file(str(self.inbox / ORIGINAL))
@@ -103,12 +142,12 @@ class Worker:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.warm_up()
         gc.collect()
-        gc.freeze()  # torch's own objects stay put: the per-run gc.collect() then takes milliseconds
-        self.emit(f"ready {time.monotonic():.6f}")
+        gc.freeze()
 
     def warm_up(self) -> None:
-        """Pay torch's one-off costs here, not in run 0's timed call: creating the first optimizer
-        imports torch._dynamo (seconds), and the first forward/backward initialises kernels."""
+        """Pay torch's one-off costs once (the first optimizer imports torch._dynamo, the first
+        forward/backward loads kernels), on the CPU: CUDA initialised here would be unusable in
+        the forked runs."""
         import torch.nn.functional as F
 
         from harness.data.loaders import make_loader
@@ -116,9 +155,9 @@ class Worker:
         spec, torch = self.spec, self.torch
         net = self.build_model(spec.model, num_classes=spec.num_classes, in_channels=spec.in_channels)
         net.load_state_dict(self.original)
-        net.to(spec.device).train()
+        net.train()
         batch = next(iter(make_loader(self.arrays["retain"], batch_size=spec.batch_size, batch_format="tuple", seed=0)))
-        images, labels = batch[0].to(spec.device), batch[1].to(spec.device)
+        images, labels = batch[0], batch[1]
         for optimizer in (torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9), torch.optim.Adam(net.parameters(), lr=0.0),
                           torch.optim.AdamW(net.parameters(), lr=0.0)):
             optimizer.zero_grad()
@@ -130,106 +169,264 @@ class Worker:
         with torch.no_grad():
             net.eval()(images)
         del net, optimizer
-        if spec.device.startswith("cuda"):
-            torch.cuda.synchronize()
 
-    def import_submission(self) -> tuple[object, str] | None:
-        """The unlearning function and the batch format, or None after reporting every run."""
-        path = self.inbox / SUBMISSION
-        module_spec = importlib.util.spec_from_file_location("submission", path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules["submission"] = module
+    def serve(self) -> None:
+        self.control.send("ready")
+        while True:
+            command = self.control.receive()
+            if command is None or command == "quit":
+                return
+            kind, _, index = command.partition(" ")
+            if kind == "run":
+                self.run(int(index))
+
+    def run(self, index: int) -> None:
+        read_end, write_end = os.pipe()
+        mark(f"{MARKER}{index} seed {self.seed_of(index)}\n")
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.close(read_end)
+                self.control.close()
+                Run(self, index, write_end).main()
+            except BaseException:  # noqa: BLE001 - nothing may return into the parent's loop
+                pass
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.control.send(f"started {index} {pid}")
+        _, wait_status = os.waitpid(pid, 0)
+        left = self.kill_leftovers(pid)
+        claim = read_claim(read_end)
+        os.close(read_end)
+        mark(f"{MARKER_END}{index}\n")
+        self.control.send(f"exited {index} {describe_wait(wait_status)} {left} {json.dumps(claim)}")
+
+    def seed_of(self, index: int) -> int:
+        return self.spec.seeds[index] if index >= 0 else 0
+
+    def kill_leftovers(self, child: int) -> int:
+        """Kill every process the run left; the count still alive after trying (0 normally)."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            others = self.leftovers(child)
+            if not others:
+                return 0
+            for pid in others:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            reap()
+            if time.monotonic() > deadline:
+                return len(self.leftovers(child))
+            time.sleep(0.002)
+
+    def leftovers(self, child: int) -> list[int]:
+        """In a pid namespace of our own: every process but us and its init. Elsewhere (the
+        unsafe `none` backend) the run's session, which a process can leave (trusted code only)."""
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid == self.pid:
+                continue
+            if self.own_namespace:
+                if pid != 1:
+                    found.append(pid)
+            else:
+                try:
+                    if os.getsid(pid) == child:
+                        found.append(pid)
+                except OSError:
+                    continue
+        reap()
+        return found
+
+
+class Run:
+    """One run, in its own process: everything from here on counts toward the run's time."""
+
+    def __init__(self, zygote: Zygote, index: int, claim_fd: int) -> None:
+        self.z, self.index, self.claim_fd = zygote, index, claim_fd
+        self.spec = zygote.spec
+        self.source_name = self.spec.source_name or SUBMISSION
+
+    def main(self) -> None:
+        self.isolate()
+        claim = self.perform()
+        flush_std()
+        data = json.dumps(claim).encode()[: CLAIM_BYTES - 1]
         try:
+            os.write(self.claim_fd, data)
+        except OSError:
+            pass
+        os._exit(0)  # ends every thread the submission started, at once
+
+    def isolate(self) -> None:
+        os.setsid()
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != self.z.pid:
+            os._exit(71)
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_DFL)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write("1000")  # under memory pressure the kernel takes a run, never the parent
+        except OSError:
+            pass
+        if self.z.run_as is not None:
+            from harness.sandbox.privdrop import drop
+
+            drop(*self.z.run_as)
+        self.z.torch.set_num_threads(self.z.threads)
+
+    def perform(self) -> dict:
+        if self.index < 0:  # the host's probe: the same path with nothing to import or run
+            function, batch_format = (lambda *args: None), self.spec.batch_format
+        else:
+            imported = self.import_submission()
+            if isinstance(imported, dict):
+                return imported
+            function, batch_format = imported
+        return self.call(function, batch_format)
+
+    def import_submission(self):
+        path = self.z.inbox / SUBMISSION
+        try:
+            module_spec = importlib.util.spec_from_file_location("submission", path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules["submission"] = module
             module_spec.loader.exec_module(module)
         except BaseException as exc:  # noqa: BLE001 - SystemExit at import is the submission's too
-            self.guard_fork()
-            print_traceback(exc)
-            self.report_all(Status.IMPORT_ERROR, f"importing {SUBMISSION} failed: {describe(exc, path)}")
-            return None
-        self.guard_fork()
+            print_traceback(exc, path, self.source_name)
+            status = Status.OUT_OF_MEMORY if exception_status(exc) is Status.OUT_OF_MEMORY else Status.IMPORT_ERROR
+            return claim(status, f"importing {self.source_name} failed: {describe(exc, path, self.source_name)}")
         function = getattr(module, "unlearning", None)
         if not callable(function):
             found = "is not callable" if function is not None else "is not defined"
-            self.report_all(
-                Status.MISSING_FUNCTION,
-                f"{SUBMISSION}: unlearning {found}; define def unlearning(net, retain_loader, forget_loader, val_loader)",
-            )
-            return None
+            return claim(Status.MISSING_FUNCTION,
+                         f"{self.source_name}: unlearning {found}; define def unlearning(net, retain_loader, forget_loader, val_loader)")
         declared = getattr(module, "BATCH_FORMAT", None)
         if declared is not None and declared not in ("dict", "tuple"):
-            self.report_all(Status.IMPORT_ERROR, f"{SUBMISSION}: BATCH_FORMAT must be 'dict' or 'tuple', got {declared!r}")
-            return None
-        batch_format = self.spec.batch_format_override or declared or self.spec.batch_format
-        self.emit(f"imported {time.monotonic():.6f}")
-        return function, batch_format
+            return claim(Status.IMPORT_ERROR, f"{self.source_name}: BATCH_FORMAT must be 'dict' or 'tuple'")
+        return function, self.spec.batch_format_override or declared or self.spec.batch_format
 
-    def run(self, index: int, function, batch_format: str) -> None:
-        torch, spec = self.torch, self.spec
-        seed = spec.seeds[index]
+    def call(self, function, batch_format: str) -> dict:
         from harness.data.loaders import make_loader
 
-        net = self.build_model(spec.model, num_classes=spec.num_classes, in_channels=spec.in_channels)
-        net.load_state_dict(self.original)
-        net.to(spec.device)
+        torch, spec, z = self.z.torch, self.spec, self.z
+        seed = z.seed_of(self.index)
+        device = spec.device if self.index >= 0 else "cpu"  # probes never pay CUDA's initialisation
+        net = z.build_model(spec.model, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        net.load_state_dict(z.original)
+        net.to(device)
         net.train()
-        seed_everything(seed, cuda=spec.device.startswith("cuda"))
+        seed_everything(seed, cuda=device.startswith("cuda"))
         loaders = [
-            make_loader(self.arrays[split], batch_size=spec.batch_size, shuffle=True, batch_format=batch_format, seed=seed)
+            make_loader(z.arrays[split], batch_size=spec.batch_size, shuffle=True, batch_format=batch_format, seed=seed)
             for split in ("retain", "forget", "val")
         ]
-        reset_peaks(torch, spec.device)
-        self.mark(f"{MARKER}{index} seed {seed}\n")
-        self.emit(f"start {index} {time.monotonic():.6f}")
-        status, reason, returned = Status.OK, None, None
-        started = time.perf_counter()
+        reset_peaks(torch, device)
+        path = z.inbox / SUBMISSION
         try:
             returned = function(net, *loaders)
-            if spec.device.startswith("cuda"):
+            if device.startswith("cuda"):
                 torch.cuda.synchronize()  # queued kernels are part of the run's time
-        except BaseException as exc:  # noqa: BLE001 - whatever it raises is this run's outcome
-            self.guard_fork()
-            status = exception_status(exc)
-            reason = describe(exc, self.inbox / SUBMISSION)
-            print_traceback(exc)
-            returned = None
-        self.guard_fork()
-        seconds = time.perf_counter() - started
-        self.emit(f"stop {index} {seconds:.6f}")
-        rss, gpu = peak_rss_mb(), peak_gpu_mb(torch, spec.device)
-        if status is Status.OK:
             model = unwrap(returned if isinstance(returned, torch.nn.Module) else net, torch)
-            try:
-                save_state(model, self.outbox / weights_name(index))
-            except Exception as exc:  # noqa: BLE001 - a model we cannot serialise is the submission's
-                status = exception_status(exc)
-                if status is Status.EXCEPTION:
-                    status = Status.BAD_WEIGHTS
-                reason = f"the model's weights cannot be saved: {describe(exc, self.inbox / SUBMISSION)}"
-        self.report(index, status, reason, round(seconds, 6), rss, gpu)
-        del net, loaders, returned
-        self.cleanup()
-        self.mark(f"{MARKER_END}{index}\n")
-        self.emit(f"end {index}")
+        except BaseException as exc:  # noqa: BLE001 - whatever it raises is this run's outcome
+            print_traceback(exc, path, self.source_name)
+            return claim(exception_status(exc), describe(exc, path, self.source_name), peaks=(peak_rss_mb(), peak_gpu_mb(torch, device)))
+        peaks = (peak_rss_mb(), peak_gpu_mb(torch, device))
+        try:
+            tensors = extract(model, torch)
+            save(tensors, z.outbox / weights_name(self.index))
+        except BaseException as exc:  # noqa: BLE001 - a model we cannot read is the submission's
+            print_traceback(exc, path, self.source_name)
+            status = exception_status(exc)
+            return claim(Status.BAD_WEIGHTS if status is Status.EXCEPTION else status,
+                         f"the model's weights cannot be read: {describe(exc, path, self.source_name)}", peaks=peaks)
+        return claim(Status.OK, None, peaks=peaks)
 
-    def cleanup(self) -> None:
-        """Leftover processes of the submission die; memory goes back before the next run."""
-        if os.environ.get(OWN_PID_NAMESPACE_ENV) == "1" and os.getpid() < 64:
-            try:
-                os.kill(-1, signal.SIGKILL)  # everyone in this pid namespace but us and its init
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and others_alive():  # gone before the next run starts
-                reap_children()  # as a container's pid 1, the worker inherits the orphans
-                time.sleep(0.005)
-        gc.collect()
-        if self.spec.device.startswith("cuda"):
-            self.torch.cuda.empty_cache()
 
-    def guard_fork(self) -> None:
-        """A child the submission forked must never carry on with the worker's loop."""
-        if os.getpid() != self.pid:
-            os._exit(0)
+def claim(status: Status, reason: str | None, *, peaks: tuple = (None, None)) -> dict:
+    return {"status": str(status), "reason": reason, "peak_rss_mb": peaks[0], "peak_gpu_mb": peaks[1]}
+
+
+def extract(model, torch) -> dict:
+    """Registered parameters and persistent buffers, read through nn.Module's own methods on the
+    module's own dictionaries, so a subclass overriding state_dict() changes nothing."""
+    module_type = torch.nn.Module
+    tensors = {}
+    for prefix, module in module_type.named_modules(model, remove_duplicate=False):
+        params = object.__getattribute__(module, "_parameters")
+        buffers = object.__getattribute__(module, "_buffers")
+        skip = object.__getattribute__(module, "_non_persistent_buffers_set")
+        for name, value in list(dict.items(params)) + [(k, v) for k, v in dict.items(buffers) if k not in skip]:
+            if value is None:
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            tensors[key] = torch.Tensor.contiguous(torch.Tensor.to(torch.Tensor.detach(value), "cpu")).clone()
+    return tensors
+
+
+def save(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def read_claim(fd: int) -> dict | None:
+    """The child's report: a bounded read once everything it started is dead."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < CLAIM_BYTES:
+            chunk = os.read(fd, CLAIM_BYTES - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    try:
+        value = json.loads(data.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    kept = {key: value.get(key) for key in ("status", "reason", "peak_rss_mb", "peak_gpu_mb")}
+    kept["reason"] = None if kept["reason"] is None else one_line(str(kept["reason"]))
+    for key in ("peak_rss_mb", "peak_gpu_mb"):
+        if not isinstance(kept[key], (int, float)) or isinstance(kept[key], bool):
+            kept[key] = None
+    return kept
+
+
+def describe_wait(status: int) -> str:
+    """'code:N' or 'signal:N', one token."""
+    if os.WIFSIGNALED(status):
+        return f"signal:{os.WTERMSIG(status)}"
+    return f"code:{os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1}"
+
+
+def reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def mark(text: str) -> None:
+    """A log marker on the real stdout, in stream order with what the runs print."""
+    try:
+        os.write(1, text.encode())
+    except OSError:
+        pass
 
 
 def flush_std() -> None:
@@ -240,23 +437,9 @@ def flush_std() -> None:
             pass
 
 
-def others_alive() -> bool:
-    """Whether this pid namespace holds processes besides its init and the worker."""
-    mine = {1, os.getpid()}
-    return any(name.isdigit() and int(name) not in mine for name in os.listdir("/proc"))
-
-
-def reap_children() -> None:
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-
-
 def unwrap(model, torch):
     """The model inside nn.DataParallel / DistributedDataParallel / torch.compile wrappers, whose
-    state_dict keys would otherwise carry 'module.' or '_orig_mod.' prefixes."""
+    keys would otherwise carry 'module.' or '_orig_mod.' prefixes."""
     while True:
         if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
             model = model.module
@@ -275,15 +458,6 @@ def seed_everything(seed: int, *, cuda: bool) -> None:
     torch.manual_seed(seed)
     if cuda:
         torch.cuda.manual_seed_all(seed)
-
-
-def save_state(model, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
 
 
 def reset_peaks(torch, device: str) -> None:
@@ -320,22 +494,23 @@ def peak_gpu_mb(torch, device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def describe(exc: BaseException, submission: Path) -> str:
-    """'ValueError: bad (submission.py:12 in unlearning)': the error and where in the file."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def describe(exc: BaseException, path: Path, name: str) -> str:
+    """The public reason, a template: 'ValueError at example.py:12 in unlearning'. The message
+    itself can carry anything the submission wants published, so it goes to the private log only."""
+    text = type(exc).__name__
     if isinstance(exc, SystemExit):
-        text = f"called sys.exit({exc.code!r})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(submission)]
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        frames = []
-        text += f" ({SUBMISSION}:{exc.lineno})"
+        text = "SystemExit (called sys.exit)"
+    if isinstance(exc, SyntaxError) and exc.lineno and str(exc.filename) == str(path):
+        return f"{text} at {name}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
     if frames:
-        text += f" ({SUBMISSION}:{frames[-1].lineno} in {frames[-1].name})"
+        chain = " -> ".join(f"{name}:{f.lineno} in {f.name}" for f in frames[-4:])  # from unlearning() inwards
+        text += f" at {chain}"
     return one_line(text)
 
 
-def print_traceback(exc: BaseException) -> None:
-    lines = "".join(traceback.format_exception(exc)).splitlines()
+def print_traceback(exc: BaseException, path: Path, name: str) -> None:
+    lines = "".join(traceback.format_exception(exc)).replace(str(path), name).splitlines()
     print("\n".join(lines[-TRACEBACK_LINES:]), file=sys.stderr, flush=True)
 
 
@@ -343,26 +518,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m harness.sandbox.worker INBOX OUTBOX", file=sys.stderr)
         return 2
-    inbox, outbox = Path(argv[0]), Path(argv[1])
-    worker = Worker(inbox, outbox)
-    worker.setup()  # a failure here ends the worker before 'ready': the host reports sandbox_error
-    imported = worker.import_submission()
-    if imported is None:
-        return 0
-    function, batch_format = imported
-    index = 0
-    try:
-        for index in range(len(worker.spec.seeds)):
-            worker.run(index, function, batch_format)
-    except Exception as exc:  # noqa: BLE001 - the worker's own steps failed, not the submission's call
-        worker.guard_fork()
-        print_traceback(exc)
-        reason = one_line(f"the worker failed preparing or saving run {index}: {type(exc).__name__}: {exc}")
-        for rest in range(index, len(worker.spec.seeds)):
-            worker.report(rest, Status.SANDBOX_ERROR, reason, None, peak_rss_mb())
-        worker.emit("done")
-        return 1
-    worker.emit("done")
+    control = Control.from_env()
+    zygote = Zygote(Path(argv[0]), Path(argv[1]), control)
+    zygote.setup()  # a failure here ends the worker before 'ready': the host reports sandbox_error
+    zygote.serve()
     return 0
 
 
@@ -370,4 +529,4 @@ if __name__ == "__main__":
     code = main(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # skip interpreter teardown (seconds with torch loaded); everything is written
+    os._exit(code)  # skip interpreter teardown (seconds with torch loaded)
