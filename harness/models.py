@@ -225,6 +225,11 @@ def _mismatch(
         ]
         if bad:
             problems.append(f"non-finite values (nan or inf) in {_first(bad)}")
+        negative = [  # a variance below zero makes BatchNorm's normalisation take a root of it
+            key for key in shared if key.endswith("running_var") and bool((state[key] < 0).any())
+        ]
+        if negative:
+            problems.append(f"negative BatchNorm running variance in {_first(negative)}")
     return "; ".join(problems) or None
 
 

@@ -25,6 +25,8 @@ from harness.data.loaders import save_split
 from harness.evaluation import evaluate
 from harness.executors import Executor, Shared, fetch
 from harness.models import ModelSpec, build_model, load_weights
+from harness.sandbox import fsguard
+from harness.sandbox.statuses import one_line
 from harness.statuses import Status
 from harness.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain
 
@@ -185,7 +187,10 @@ def run_submission(unit: RunSubmission) -> dict[str, Any]:
         result = _run_in(work, data_dir, unit, start)
     finally:
         cleanup = time.perf_counter()
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            fsguard.remove(work)  # bounded and iterative: whatever a run left there, however deep
+        except OSError:
+            pass
     result["timings"]["cleanup"] = time.perf_counter() - cleanup
     result["timings"]["process"] = process
     return result
@@ -251,11 +256,15 @@ def _evaluate_run(model: torch.nn.Module, weights_path: Path | None, sets: dict,
     """A run's confidences and accuracies, or bad_weights when it reported success without weights."""
     if weights_path is None:
         return {"status": Status.BAD_WEIGHTS.value, "reason": "the run reported success but returned no weights file"}
-    load_weights(model, weights_path)
     start = time.perf_counter()
-    ev = evaluate(model, forget=sets["forget"], retain=sets["retain"], test=sets["test"], device=device)
-    timings["evaluation"] += time.perf_counter() - start
-    Path(weights_path).unlink(missing_ok=True)
+    try:
+        load_weights(model, weights_path)
+        ev = evaluate(model, forget=sets["forget"], retain=sets["retain"], test=sets["test"], device=device)
+    except (ValueError, RuntimeError) as exc:  # weights that pass validation yet break evaluation: this run's, never the unit's
+        return {"status": Status.BAD_WEIGHTS.value, "reason": one_line(f"the trusted evaluation failed on these weights: {exc}")}
+    finally:
+        timings["evaluation"] += time.perf_counter() - start
+        Path(weights_path).unlink(missing_ok=True)
     return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
 
 

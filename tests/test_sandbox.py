@@ -1,4 +1,5 @@
-"""Unit tests of the sandbox's pure parts: spec, progress lines, logs, statuses, command and container specs.
+"""Unit tests of the sandbox's pure parts: spec, control lines, logs, statuses, command and container specs,
+bounded walks, the seccomp filter and cgroups.
 
 The real sandbox (bubblewrap, hostile submissions) is exercised in test_sandbox_hostile.py.
 """
@@ -13,10 +14,11 @@ import pytest
 from harness.config import SandboxConfig
 from harness.errors import HarnessError
 from harness.sandbox import BACKENDS, BwrapPlan, Status, bwrap_command, docker_run_kwargs, resolve_backend
-from harness.sandbox.backends import SandboxUnavailable, bwrap_status, check_readable, docker_status, python_paths
-from harness.sandbox.limits import Rlimits, acquire_uid, count_tasks, exec_command, rlimits_for
+from harness.sandbox import fsguard
+from harness.sandbox.backends import Exchange, SandboxUnavailable, bwrap_status, check_readable, docker_status, python_paths
+from harness.sandbox.limits import Rlimits, acquire_uid, cores_for, count_tasks, exec_command, rlimits_for
 from harness.sandbox.logs import CappedLog, LogSplitter
-from harness.sandbox.protocol import MARKER, MARKER_END, Event, WorkerSpec, parse_progress_line, parse_spec
+from harness.sandbox.protocol import MARKER, MARKER_END, ControlLine, WorkerSpec, parse_control_line, parse_spec
 from harness.sandbox.statuses import ExitInfo, classify_exit, exception_status, exit_from_returncode, one_line
 
 SPEC = {"model": "small-cnn", "num_classes": 10, "in_channels": 3, "batch_size": 64, "device": "cpu", "seeds": [1, 2]}
@@ -63,25 +65,26 @@ def test_parse_spec_names_missing_keys():
         parse_spec({k: v for k, v in SPEC.items() if k != "device"})
 
 
-# -- progress lines ---------------------------------------------------------------------------
+# -- control lines ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("line", "event"),
+    ("line", "parsed"),
     [
-        ("ready 12.5", Event("ready", value=12.5)),
-        ("imported 13", Event("imported", value=13.0)),
-        ("start 3 100.25", Event("start", index=3, value=100.25)),
-        ("stop 3 1.5", Event("stop", index=3, value=1.5)),
-        ("end 3", Event("end", index=3)),
-        ("done", Event("done")),
-        ("start x 1", None),
-        ("end", None),
-        ("hello world", None),
+        ("ready", ControlLine("ready")),
+        ("started 3 4711", ControlLine("started", index=3, pid=4711)),
+        ("started -1 12", ControlLine("started", index=-1, pid=12)),
+        ('exited 3 code:0 0 {"status": "ok", "reason": null}', ControlLine("exited", index=3, how="code:0", left=0,
+                                                                          claim={"status": "ok", "reason": None})),
+        ("exited 2 signal:9 0 null", ControlLine("exited", index=2, how="signal:9", left=0, claim=None)),
+        ("exited 2 signal:9 0 [1]", ControlLine("exited", index=2, how="signal:9", left=0, claim=None)),
+        ("started x 1", None),
+        ("exited 1 code:0", None),
+        ("stop 0 0.000001", None),
         ("", None),
     ],
-    ids=["ready", "imported", "start", "stop", "end", "done", "bad-index", "end-without-index", "junk", "empty"],
+    ids=["ready", "started", "probe", "exited", "no-claim", "claim-not-object", "bad-index", "short", "old-protocol", "empty"],
 )
-def test_parse_progress_line(line, event):
-    assert parse_progress_line(line) == event
+def test_parse_control_line(line, parsed):
+    assert parse_control_line(line) == parsed
 
 
 # -- logs -------------------------------------------------------------------------------------
@@ -175,13 +178,14 @@ def _pairs(args: list[str], flag: str) -> list[tuple[str, str]]:
     return [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == flag]
 
 
-def test_bwrap_command_as_root_drops_to_its_own_uid_without_a_user_namespace():
+def test_bwrap_command_as_root_keeps_four_capabilities_for_the_parent_without_a_user_namespace():
     args = bwrap_command(_plan(drop_to=(60003, 60003)), SandboxConfig())
     sandbox, command = args[: args.index("--")], args[args.index("--") + 1 :]
     assert "--unshare-user" not in sandbox and "--uid" not in sandbox
-    assert [sandbox[i + 1] for i, a in enumerate(sandbox) if a == "--cap-add"] == ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
-    assert command[:7] == ["/opt/py/bin/python3", "-S", "-m", "harness.sandbox.privdrop", "60003", "60003", "--"]
-    assert command[-4:] == ["-m", "harness.sandbox.worker", "/sandbox/inbox", "/sandbox/outbox"]
+    caps = [sandbox[i + 1] for i, a in enumerate(sandbox) if a == "--cap-add"]
+    assert caps == ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"]
+    assert dict(_pairs(sandbox, "--setenv"))["HARNESS_RUN_UID"] == "60003:60003"  # each run drops to it
+    assert command == ["/opt/py/bin/python3", "-m", "harness.sandbox.worker", "/sandbox/inbox", "/sandbox/outbox"]
 
 
 def test_bwrap_command_unprivileged_maps_nobody_in_a_user_namespace():
@@ -189,27 +193,55 @@ def test_bwrap_command_unprivileged_maps_nobody_in_a_user_namespace():
     sandbox = args[: args.index("--")]
     assert sandbox[sandbox.index("--unshare-user") :][:5] == ["--unshare-user", "--uid", "65534", "--gid", "65534"]
     assert "--disable-userns" in sandbox and "--cap-add" not in sandbox
-    assert "privdrop" not in " ".join(args)
+    assert dict(_pairs(sandbox, "--setenv"))["HARNESS_RUN_UID"] == ""
 
 
 def test_bwrap_command_isolates_and_mounts_as_the_design_says():
-    limits = SandboxConfig(shm_size_gb=0.5, scratch_gb=2.0)
-    args = bwrap_command(_plan(gpu_devices=("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")), limits)
+    scratch = (("/x/scratch/tmp", "/tmp"), ("/x/scratch/kaggle_tmp", "/kaggle/tmp"),
+               ("/x/scratch/kaggle_working", "/kaggle/working"), ("/x/scratch/dev_shm", "/dev/shm"))
+    plan = _plan(gpu_devices=("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"), scratch=scratch, control="fd:5,6",
+                 seccomp_fd=7, gpu="0")
+    args = bwrap_command(plan, SandboxConfig())
     sandbox = args[: args.index("--")]
     for flag in ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                  "--die-with-parent", "--new-session", "--clearenv"):
         assert flag in sandbox
+    assert sandbox[sandbox.index("--seccomp") + 1] == "7"
     assert ("/data/inbox", "/sandbox/inbox") in _pairs(sandbox, "--ro-bind")
-    assert _pairs(sandbox, "--bind") == [("/data/outbox/exchange", "/sandbox/outbox")]  # the only writable bind
+    writable = _pairs(sandbox, "--bind")  # the only writable binds: the out folder and the scratch the host empties
+    assert writable == [*scratch, ("/data/outbox/exchange", "/sandbox/outbox")]
+    assert "--tmpfs" not in sandbox  # no tmpfs: nothing a run writes is memory outside the sandbox's limit
     assert ("/src/harness", "/opt/harness/harness") in _pairs(sandbox, "--ro-bind")
     assert ("/opt/py", "/opt/py") in _pairs(sandbox, "--ro-bind") and ("/usr", "/usr") in _pairs(sandbox, "--ro-bind")
     assert _pairs(sandbox, "--dev-bind") == [(d, d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm")]
-    tmpfs = {sandbox[i + 1]: sandbox[i - 1] for i, a in enumerate(sandbox) if a == "--tmpfs"}
-    assert tmpfs == {"/dev/shm": str(2**29), "/tmp": str(2 * 2**30), "/kaggle/tmp": str(2 * 2**30), "/kaggle/working": str(2 * 2**30)}
     env = dict(_pairs(sandbox, "--setenv"))
     assert env["PYTHONPATH"] == "/opt/harness" and env["OMP_NUM_THREADS"] == "2" and env["HOME"] == "/tmp"
-    assert "--dev" in sandbox and sandbox.index("--dev") < sandbox.index("/dev/shm")  # the tmpfs sits on the new /dev
+    assert env["HARNESS_CONTROL"] == "fd:5,6" and env["HARNESS_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert sandbox.index("--dev") < sandbox.index("/dev/shm")  # /dev/shm's bind sits on the new /dev
     assert ("0755", "--dir") in [(sandbox[i + 1], sandbox[i + 2]) for i, a in enumerate(sandbox) if a == "--perms"]
+
+
+def test_gpu_device_files_are_the_units_own_gpu_and_the_shared_nodes(monkeypatch):
+    from harness.sandbox import backends
+
+    found = ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia-uvm", "/dev/nvidiactl", "/dev/nvidia-modeset"]
+    monkeypatch.setattr(backends, "gpu_devices", lambda: sorted(found))
+    assert backends.gpu_device_files("1") == ["/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia1", "/dev/nvidiactl"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert backends.unit_gpu() == "1"
+    monkeypatch.setattr(backends, "gpu_devices", lambda: [])
+    assert backends.unit_gpu() is None and backends.gpu_device_files(None) == []
+
+
+def test_cores_for_tiles_slots_over_the_cores():
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert cores_for(0, 1) == (cores[0],)
+    if len(cores) > 1:
+        assert cores_for(1, 1) == (cores[1],) and set(cores_for(0, 1)).isdisjoint(cores_for(1, 1))
+    assert cores_for(len(cores), 1) == (cores[0],)  # more slots than cores: they wrap around
+    assert cores_for(0, 10**6) == tuple(cores)
 
 
 def test_bwrap_command_without_gpus_binds_no_device():
@@ -224,36 +256,59 @@ def test_python_paths_cover_this_interpreter():
 
 
 # -- docker container spec --------------------------------------------------------------------
+EXCHANGE = Exchange(out=Path("/w/x/out"), scratch={"/tmp": Path("/w/x/tmp"), "/dev/shm": Path("/w/x/shm")},
+                    control_dir=Path("/w/x/control"))
+
+
+def _docker(**changes):
+    base = dict(image="x", inbox="/w/inbox", exchange=EXCHANGE, limits=SandboxConfig(), device="cpu", cpus=(1,))
+    return docker_run_kwargs(**{**base, **changes})
+
+
 def test_docker_run_kwargs_isolate_and_limit():
     limits = SandboxConfig(memory_gb=8, max_processes=128, shm_size_gb=2, cpus=4, scratch_gb=1, max_file_size_mb=512)
-    kwargs = docker_run_kwargs(image="unlearning-harness:latest", inbox="/w/inbox", outbox="/w/outbox/exchange",
-                               limits=limits, device="cpu", threads=4)
-    assert kwargs["network_mode"] == "none" and kwargs["network_disabled"] is True
+    kwargs = _docker(image="unlearning-harness:latest", limits=limits, cpus=(2, 3, 4, 5))
+    assert kwargs["network_mode"] == "none" and "network_disabled" not in kwargs
     assert kwargs["read_only"] is True and kwargs["auto_remove"] is False and kwargs["detach"] is True
     assert kwargs["mem_limit"] == "8192m" and kwargs["memswap_limit"] == "8192m"
-    assert kwargs["nano_cpus"] == 4_000_000_000 and kwargs["pids_limit"] == 128 and kwargs["shm_size"] == "2048m"
-    assert kwargs["user"] == "65534:65534" and kwargs["cap_drop"] == ["ALL"] and "no-new-privileges" in kwargs["security_opt"]
+    assert kwargs["nano_cpus"] == 4_000_000_000 and kwargs["cpuset_cpus"] == "2,3,4,5"
+    assert kwargs["pids_limit"] == 128 + 64 and kwargs["shm_size"] == "2048m"
+    assert kwargs["user"] == "0:0" and kwargs["cap_drop"] == ["ALL"] and "no-new-privileges" in kwargs["security_opt"]
+    assert kwargs["cap_add"] == ["SETUID", "SETGID", "SETPCAP", "KILL"]  # the parent's; each run drops to nobody
+    assert kwargs["environment"]["HARNESS_RUN_UID"] == "65534:65534"
+    assert kwargs["environment"]["HARNESS_CONTROL"] == "fifo:/sandbox/control"
     assert kwargs["volumes"] == {
         "/w/inbox": {"bind": "/sandbox/inbox", "mode": "ro"},
-        "/w/outbox/exchange": {"bind": "/sandbox/outbox", "mode": "rw"},
+        "/w/x/out": {"bind": "/sandbox/outbox", "mode": "rw"},
+        "/w/x/control": {"bind": "/sandbox/control", "mode": "rw"},
+        "/w/x/tmp": {"bind": "/tmp", "mode": "rw"},
+        "/w/x/shm": {"bind": "/dev/shm", "mode": "rw"},
     }
-    assert set(kwargs["tmpfs"]) == {"/tmp", "/kaggle/tmp", "/kaggle/working"} and "size=1024m" in kwargs["tmpfs"]["/tmp"]
+    assert "tmpfs" not in kwargs
     assert kwargs["command"] == ["/sandbox/inbox", "/sandbox/outbox"] and kwargs["working_dir"] == "/kaggle/working"
-    assert "device_requests" not in kwargs and "PYTHONPATH" not in kwargs["environment"]
+    assert "device_requests" not in kwargs and "PYTHONPATH" not in kwargs["environment"] and "entrypoint" not in kwargs
     fsize = [u for u in kwargs["ulimits"] if u["Name"] == "fsize"][0]
     assert fsize["Hard"] == 512 * 2**20
 
 
-@pytest.mark.parametrize(("device", "gpus"), [("cuda", False), ("cuda:1", False), ("cpu", True)], ids=["cuda", "cuda-1", "asked"])
-def test_docker_run_kwargs_request_gpus(device, gpus):
-    kwargs = docker_run_kwargs(image="x", inbox="/i", outbox="/o", limits=SandboxConfig(gpus=gpus), device=device, threads=1)
+def test_docker_run_kwargs_request_the_units_gpu_only():
+    kwargs = _docker(device="cuda", gpu="3")
     (request,) = kwargs["device_requests"]
-    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert request["DeviceIDs"] == ["3"] and request["Capabilities"] == [["gpu"]]
+    assert kwargs["environment"]["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "device_requests" not in _docker(device="cuda", gpu=None)
+
+
+def test_docker_run_kwargs_bind_the_host_python_into_a_minimal_image():
+    kwargs = _docker(host_python=("/opt/py",), harness_dir="/src/harness", python="/opt/py/bin/python3")
+    assert kwargs["volumes"]["/opt/py"] == {"bind": "/opt/py", "mode": "ro"}
+    assert kwargs["volumes"]["/src/harness"] == {"bind": "/opt/harness/harness", "mode": "ro"}
+    assert kwargs["entrypoint"] == ["/opt/py/bin/python3", "-m", "harness.sandbox.worker"]
+    assert kwargs["environment"]["PYTHONPATH"] == "/opt/harness"
 
 
 def test_docker_run_kwargs_without_cpu_limit_leaves_nano_cpus_out():
-    kwargs = docker_run_kwargs(image="x", inbox="/i", outbox="/o", limits=SandboxConfig(), device="cpu", threads=1)
-    assert "nano_cpus" not in kwargs
+    assert "nano_cpus" not in _docker()
 
 
 # -- choosing a backend -----------------------------------------------------------------------
@@ -351,81 +406,96 @@ def test_dockerfile_builds_the_worker_image_with_the_pinned_torch():
     for pin in ("torch==2.14.1", "torchvision==0.29.1"):
         assert pin in dockerfile and pin in pyproject
     assert 'ENTRYPOINT ["python", "-m", "harness.sandbox.worker"]' in dockerfile
-    assert 'CMD ["/sandbox/inbox", "/sandbox/outbox"]' in dockerfile and "USER 65534:65534" in dockerfile
-    kwargs = docker_run_kwargs(image="x", inbox="/i", outbox="/o", limits=SandboxConfig(), device="cpu", threads=1)
-    assert kwargs["command"] == ["/sandbox/inbox", "/sandbox/outbox"] and kwargs["user"] == "65534:65534"
+    assert 'CMD ["/sandbox/inbox", "/sandbox/outbox"]' in dockerfile
+    assert _docker()["command"] == ["/sandbox/inbox", "/sandbox/outbox"]
 
 
-# -- the host's view of a worker ----------------------------------------------------------------
-def _session(tmp_path, *, cap=None, n=2):
-    from harness.sandbox.host import _Session
+# -- bounded walks -------------------------------------------------------------------------------
+def _chain(root: Path, depth: int) -> None:
+    """A folder chain deeper than Python's recursion limit and longer than PATH_MAX, made by fd."""
+    import os
 
-    inbox, exchange = tmp_path / "inbox", tmp_path / "outbox" / "exchange"
-    inbox.mkdir()
-    exchange.mkdir(parents=True)
-    (inbox / "original.safetensors").write_bytes(b"0" * 100)
-    reported = []
-    session = _Session(seeds=list(range(n)), time_cap_s=cap, grace_s=10, startup_timeout_s=60, limits=SandboxConfig(),
-                       inbox=inbox, outbox=tmp_path / "outbox", exchange=exchange, report=reported.append)
-    return session, exchange / "progress"
-
-
-def _say(progress: Path, *lines: str) -> None:
-    with progress.open("a") as handle:
-        handle.write("".join(f"{line}\n" for line in lines))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.symlink("/etc", "escape", dir_fd=fd)
+    os.close(fd)
 
 
-def test_session_times_an_honest_worker_by_its_own_clock(tmp_path):
-    import time
+def test_bounded_walks_survive_a_chain_that_breaks_recursive_walkers(tmp_path):
+    import shutil
 
-    session, progress = _session(tmp_path)
-    _say(progress, "ready 0", "imported 0")
-    session._handle_events()
-    started = time.monotonic()
-    _say(progress, f"start 0 {started:.6f}")
-    time.sleep(0.3)  # the host is busy; the stamps still time the run exactly
-    _say(progress, "stop 0 0.123")
-    session._handle_events()
-    assert session.run_start[0] == pytest.approx(started, abs=1e-5)
-    assert session.run_seconds[0] == pytest.approx(0.123, abs=1e-5)
-    assert session.phase == "save" and session.kill is None
-
-
-def test_session_clamps_a_forged_start_to_the_poll_window(tmp_path):
-    import time
-
-    session, progress = _session(tmp_path)
-    _say(progress, "ready 0", "imported 0")
-    before = time.monotonic()
-    session._handle_events()
-    session._handle_events()
-    _say(progress, f"start 0 {before - 100:.6f}")  # claims it started long before it could have
-    session._handle_events()
-    assert session.run_start[0] >= before
+    _chain(tmp_path, 1500)
+    with pytest.raises(RecursionError):
+        shutil.rmtree(tmp_path / "d")  # what the host used before: the walk itself fails
+    assert fsguard.measure(tmp_path, max_entries=10**6, max_depth=10**6).depth >= 1000
+    capped = fsguard.measure(tmp_path, max_entries=100, max_depth=10**6)
+    assert not capped.complete and capped.entries == 101
+    assert not fsguard.measure(tmp_path, max_entries=10**6, max_depth=10).complete
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "f").write_text("x")
+    (tmp_path / "locked").chmod(0)
+    fsguard.clear(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and Path("/etc/passwd").exists()  # the link was removed, not followed
 
 
-def test_session_rejects_a_run_over_the_cap_when_it_stops(tmp_path):
-    import time
+# -- seccomp and cgroups ------------------------------------------------------------------------
+@pytest.mark.skipif(not bwrap_status()[0], reason="bubblewrap does not work on this machine")
+def test_seccomp_filter_denies_namespaces_mounts_and_ptrace_but_not_fork_or_threads():
+    import os
+    import subprocess
 
-    session, progress = _session(tmp_path, cap=1.0)
-    _say(progress, "ready 0", "imported 0")
-    session._handle_events()
-    _say(progress, f"start 0 {time.monotonic():.6f}")
-    session._handle_events()
-    time.sleep(0.2)
-    _say(progress, "stop 0 0.15")  # within the slack, so not killed mid-run: still over the cap
-    session.cap = 0.1
-    session._handle_events()
-    status, at_run, rest, at = session.kill
-    assert status is Status.TIMEOUT and at == 0
-    assert at_run == "took 0.15 s, past the 0.10 s time cap" and rest.startswith("not run: run 0 exceeded")
+    from harness.sandbox import seccomp
+
+    probe = """
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(result): return 0 if result == 0 else ctypes.get_errno()
+print("unshare-user", errno_of(libc.unshare(0x10000000)))
+print("clone-newuser", errno_of(libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)))
+print("ptrace", errno_of(libc.ptrace(16, 1, 0, 0)))
+print("mount", errno_of(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
+pid = os.fork()
+if pid == 0: os._exit(7)
+print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+t = threading.Thread(target=print, args=("thread", 0)); t.start(); t.join()
+"""
+    base = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    fd = seccomp.filter_fd()
+    try:
+        got = subprocess.run([*base, "--seccomp", str(fd), "--", "python3", "-c", probe], pass_fds=(fd,), capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        os.close(fd)
+    results = dict(line.split() for line in got.stdout.splitlines())
+    assert results == {"unshare-user": "1", "clone-newuser": "1", "ptrace": "1", "mount": "1", "fork": "7", "thread": "0"}
 
 
-def test_session_ignores_out_of_order_and_junk_lines(tmp_path):
-    session, progress = _session(tmp_path)
-    _say(progress, "start 0 1.0", "garbage", "ready 0", "stop 0 1.0", "imported 0", "start 1 5.0")
-    session._handle_events()
-    assert session.phase == "setup" and session.index == 0 and session.run_start == {}
+def test_cgroup_confines_cores_and_memory_and_counts_cpu_time():
+    import os
+    import subprocess
+
+    from harness.sandbox import cgroups
+
+    if not cgroups.available()[0]:
+        pytest.skip(cgroups.available()[1])
+    group = cgroups.SandboxGroup.create(cpus=(sorted(os.sched_getaffinity(0))[0],), memory_bytes=256 * 2**20, pids_max=50)
+    try:
+        spin = ("import os, time\nos.sched_setaffinity(0, set(range(os.cpu_count())))\nprint(sorted(os.sched_getaffinity(0)))\n"
+                "t = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+                "import mmap\nm = mmap.mmap(-1, 1 << 30, flags=mmap.MAP_SHARED)\nfor i in range(0, 1 << 30, 4096): m[i] = 1\n")
+        command = exec_command(Rlimits(None, None, None), ["python3", "-u", "-c", spin], cgroups=tuple(group.procs_files))
+        root = str(Path(__file__).resolve().parents[1])
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"], "PYTHONPATH": root})
+        assert out.stdout.splitlines()[0] == str(list(group.cpus))  # asking for every core gets the group's
+        assert out.returncode == -9 and group.oom_kills() >= 1  # 1 GiB of shared memory is charged and killed
+        assert group.cpu_seconds() >= 0.3
+    finally:
+        group.remove()
+    assert not group.path("memory").exists()
 
 
 def test_deliver_calls_on_run_in_order_and_reraises_its_error():

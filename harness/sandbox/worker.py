@@ -256,7 +256,9 @@ class Run:
 
     def main(self) -> None:
         self.isolate()
+        self.pid = os.getpid()
         claim = self.perform()
+        self.guard_fork()
         flush_std()
         data = json.dumps(claim).encode()[: CLAIM_BYTES - 1]
         try:
@@ -283,6 +285,11 @@ class Run:
             drop(*self.z.run_as)
         self.z.torch.set_num_threads(self.z.threads)
 
+    def guard_fork(self) -> None:
+        """A process the submission forked never carries on with the harness's code (nor reports)."""
+        if os.getpid() != self.pid:
+            os._exit(0)
+
     def perform(self) -> dict:
         if self.index < 0:  # the host's probe: the same path with nothing to import or run
             function, batch_format = (lambda *args: None), self.spec.batch_format
@@ -301,6 +308,7 @@ class Run:
             sys.modules["submission"] = module
             module_spec.loader.exec_module(module)
         except BaseException as exc:  # noqa: BLE001 - SystemExit at import is the submission's too
+            self.guard_fork()
             print_traceback(exc, path, self.source_name)
             status = Status.OUT_OF_MEMORY if exception_status(exc) is Status.OUT_OF_MEMORY else Status.IMPORT_ERROR
             return claim(status, f"importing {self.source_name} failed: {describe(exc, path, self.source_name)}")
@@ -337,8 +345,10 @@ class Run:
                 torch.cuda.synchronize()  # queued kernels are part of the run's time
             model = unwrap(returned if isinstance(returned, torch.nn.Module) else net, torch)
         except BaseException as exc:  # noqa: BLE001 - whatever it raises is this run's outcome
+            self.guard_fork()
             print_traceback(exc, path, self.source_name)
             return claim(exception_status(exc), describe(exc, path, self.source_name), peaks=(peak_rss_mb(), peak_gpu_mb(torch, device)))
+        self.guard_fork()
         peaks = (peak_rss_mb(), peak_gpu_mb(torch, device))
         try:
             tensors = extract(model, torch)
