@@ -149,7 +149,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = Store(db)
     if args.reveal_private:
         store.reveal_private()
-    write_leaderboard(store, run_dir, reveal_private=args.reveal_private)
+    write_leaderboard(store, run_dir, reveal_private=args.reveal_private, publish_logs=args.publish_logs)
     print(format_leaderboard(build_leaderboard(store, leaderboard="private" if args.reveal_private else "public")))
     return 0
 
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="rebuild the leaderboards from the store")
     p.add_argument("run_dir", nargs="?", default="runs/default")
     p.add_argument("--reveal-private", action="store_true", help="publish the private leaderboard")
+    p.add_argument("--publish-logs", action="store_true",
+                   help="show run logs on the site (off by default: a submission's output is a channel to the public)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("rescore", help="recompute scores from stored confidences, rerunning nothing")

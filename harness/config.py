@@ -141,6 +141,11 @@ class SubmissionsConfig:
 
 
 @dataclass(frozen=True)
+class LeaderboardConfig:
+    publish_logs: bool = False  # run logs on the public site: a channel from the sandbox to the public; organizers opt in
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # a competition lives in <dir>/<name>/
 
@@ -161,6 +166,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     submissions: SubmissionsConfig = field(default_factory=SubmissionsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
     source: str | None = None  # the file it came from, for messages and records
 
     @property
@@ -175,7 +181,7 @@ class Config:
     def hash(self) -> str:
         """What the stored results depend on: not which entries are scored, where, or on what executor."""
         data = self.to_dict()
-        for key in ("output", "executor"):
+        for key in ("output", "executor", "leaderboard"):
             data.pop(key)
         data["submissions"] = {"n_runs": self.submissions.n_runs, "reference_baselines": self.submissions.reference_baselines}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

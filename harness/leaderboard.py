@@ -135,13 +135,15 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
 
 
 def write_leaderboard(
-    store: Store, out_dir: str | Path, *, reveal_private: bool = False, plots: bool = True
+    store: Store, out_dir: str | Path, *, reveal_private: bool = False, plots: bool = True, publish_logs: bool = False
 ) -> dict[str, Path]:
     """Write the CSV/Markdown boards and the HTML site; returns the paths written.
 
     The private board is written when `reveal_private` is true or the store is marked revealed
     (`Store.reveal_private()`, which is what makes a reveal stick for later rebuilds); otherwise
-    every private output is removed. `plots=False` skips the PNGs (much faster).
+    every private output is removed. `plots=False` skips the PNGs (much faster). Run logs stay
+    off the site unless `publish_logs` (a submission's printed output is a channel to the public);
+    the organizer's run folder keeps them either way.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,7 @@ def write_leaderboard(
     tmp = out_dir / f".site-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_site(store, tmp, frames=frames, info=info, plots=plots)
+        _write_site(store, tmp, frames=frames, info=info, plots=plots, logs=publish_logs)
         shutil.rmtree(site, ignore_errors=True)
         os.replace(tmp, site)
     finally:
@@ -337,7 +339,7 @@ def _board_table(df: pd.DataFrame, *, columns: tuple[str, ...], link_prefix: str
     return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], info: Any, plots: bool) -> None:
+def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], info: Any, plots: bool, logs: bool) -> None:
     (site / "submissions").mkdir(parents=True)
     boards = tuple(frames)
     name = html.escape(info.name or "competition")
@@ -375,7 +377,8 @@ def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], in
     for sub in store.submissions():
         parts = [_submission_header(sub)]
         for lb in boards:
-            parts.append(_submission_section(store, sub, lb, site=site, refs=refs[lb], ref_confs=ref_confs, info=info, plots=plots))
+            parts.append(_submission_section(store, sub, lb, site=site, refs=refs[lb], ref_confs=ref_confs, info=info, plots=plots,
+                                               logs=logs))
         (site / "submissions" / f"{sub.id}.html").write_text(_page(f"{sub.team} {sub.version}", "\n".join(parts)))
 
 
@@ -403,7 +406,8 @@ def _submission_header(sub: SubmissionRecord) -> str:
 
 
 def _submission_section(
-    store: Store, sub: SubmissionRecord, lb: str, *, site: Path, refs: Any, ref_confs: dict, info: Any, plots: bool
+    store: Store, sub: SubmissionRecord, lb: str, *, site: Path, refs: Any, ref_confs: dict, info: Any, plots: bool,
+    logs: bool = False,
 ) -> str:
     parts = [f"<h2>{lb} leaderboard</h2>"]
     score = store.score(sub.id, leaderboard=lb)
@@ -425,7 +429,7 @@ def _submission_section(
         parts.append(f"<p class='note'>Not scored yet: {len(runs)} run(s) stored.</p>")
     if plots:
         parts.append(_submission_plots(store, sub, lb, score=score, runs=runs, site=site, refs=refs, ref_confs=ref_confs, info=info))
-    parts.append(_runs_table(runs))
+    parts.append(_runs_table(runs, logs=logs))
     return "\n".join(parts)
 
 
@@ -480,7 +484,7 @@ def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, inf
     return "\n".join(parts)
 
 
-def _runs_table(runs: list) -> str:
+def _runs_table(runs: list, *, logs: bool = False) -> str:
     if not runs:
         return ""
     cols = ("run_index", "seed", "status", "reason", "seconds", "peak_mem_mb", "retain_acc", "test_acc", "forget_acc")
@@ -491,6 +495,8 @@ def _runs_table(runs: list) -> str:
         cells = "".join(_cell(c, r.status.value if c == "status" else getattr(r, c)) for c in cols)
         body.append(f"<tr class='{cls}'>{cells}</tr>")
     parts = [f"<h3>Runs</h3><table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"]
+    if not logs:
+        return "\n".join(parts)
     shown = [r for r in runs if r.status is not Status.OK and r.log][:_LOGS_ON_PAGE]
     first_ok = next((r for r in runs if r.status is Status.OK and r.log), None)
     if first_ok is not None:

@@ -520,7 +520,7 @@ def run_competition(
                 _record_prepared(store, prep)
             score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
                           timings=timings, progress=progress, log=log)
-    write_leaderboard(store, cfg.run_dir)
+    write_leaderboard(store, cfg.run_dir, publish_logs=cfg.leaderboard.publish_logs)
     return build_leaderboard(store, leaderboard="public")
 
 

@@ -166,7 +166,7 @@ def test_write_leaderboard_site_pages_reference_existing_pngs(tmp_path, higher):
     store = Store(tmp_path / "run" / "results.sqlite")
     populate(store, tmp_path, full=False)
     out = tmp_path / "out"
-    written = write_leaderboard(store, out)
+    written = write_leaderboard(store, out, publish_logs=True)
     site = out / "site"
     assert written["site"] == site / "index.html"
     pages = [site / "index.html", *sorted((site / "submissions").glob("*.html"))]
@@ -209,3 +209,13 @@ def test_format_leaderboard_aligns_a_text_table(store, higher):
     assert lines[0].split()[:3] == ["rank", "team", "version"]
     assert "oracle (calibration)" in lines[1] and lines[-1].split()[0] == "papa"
     assert format_leaderboard(build_leaderboard(store).iloc[:0]) == "(no submissions)"
+
+
+def test_run_logs_stay_off_the_public_site_unless_the_organizer_publishes_them(store, tmp_path, higher):
+    out = tmp_path / "out"
+    write_leaderboard(store, out, plots=False)
+    pages = "".join(p.read_text() for p in (out / "site").rglob("*.html"))
+    assert "<h3>Runs</h3>" in pages and "run 0 ok" not in pages  # statuses and reasons only
+    write_leaderboard(store, out, plots=False, publish_logs=True)
+    pages = "".join(p.read_text() for p in (out / "site").rglob("*.html"))
+    assert "run 0 ok" in pages
