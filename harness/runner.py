@@ -32,6 +32,7 @@ from harness.executors import Executor, UnitFailure, borrowed, make_executor
 from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
 from harness.sandbox import WorkerSpec, resolve_backend
+from harness.sandbox.backends import remove_stale
 from harness.scoring import METRIC_VERSION, Score, reference_noise_floor, score_run_records
 from harness.statuses import Status
 from harness.store import Store, file_version
@@ -410,6 +411,7 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
             device=prep.device,
             seeds=tuple(seeds[i] for i in indices),
             time_cap_s=None if entry.exempt else prep.time_cap_s,
+            source_name=Path(entry.path).name,
             batch_format_override=batch_format_override,
             deterministic=cfg.deterministic,
         )
@@ -511,6 +513,8 @@ def run_competition(
 
     check_sizes(cfg)
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=False)
+    for left in remove_stale(backend):
+        log(f"removed {left}, left by a runner that was killed")
     entries = discover_entries(cfg, submissions_dir=submissions_dir, baselines=baselines, all_baselines=all_baselines)
     store = open_store(cfg)
     with make_executor(cfg.executor) as executor:

@@ -182,11 +182,12 @@ def _ray_workers_running(function: str) -> list[int]:
 
 def _sandbox_children(pid: int) -> list[int]:
     """The children of `pid` that are a sandboxed worker (not, say, the ldconfig torch runs on import)."""
-    found = []
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
+    found, children = [], []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # any thread may have started it (the host's supervisor does)
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
     for child in children:
         try:
             if b"harness.sandbox" in Path(f"/proc/{child}/cmdline").read_bytes():

@@ -43,11 +43,12 @@ from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.sandbox.cgroups import SandboxGroup
 from harness.sandbox.limits import UidSlot, acquire_uid, cores_for, current_slot, exec_command, rlimits_for
-from harness.sandbox.protocol import CONTROL_ENV, OWN_PID_NAMESPACE_ENV, RUN_UID_ENV, THREADS_ENV
+from harness.sandbox.protocol import CONTROL_ENV, OWN_PID_NAMESPACE_ENV, PARENT_TMP_ENV, RUN_UID_ENV, THREADS_ENV
 from harness.sandbox.statuses import ExitInfo, exit_from_returncode
 
 SANDBOX_INBOX = "/sandbox/inbox"
 SANDBOX_OUTBOX = "/sandbox/outbox"
+SANDBOX_PARENT_TMP = "/sandbox/parent-tmp"  # the warm parent's temp folder (torch writes there at import)
 SANDBOX_HARNESS = "/opt/harness"  # the harness package is bound read-only at /opt/harness/harness
 SCRATCH_DIRS = ("/tmp", "/kaggle/tmp", "/kaggle/working", "/dev/shm")  # one host folder each, emptied between runs
 ROOT_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL")  # the warm parent's, never a run's
@@ -78,6 +79,7 @@ class Exchange:
     out: Path
     scratch: Mapping[str, Path]
     control_dir: Path
+    parent_tmp: Path | None = None  # readable and writable by the warm parent only
 
 
 class Channel:
@@ -144,7 +146,7 @@ def worker_threads(limits: SandboxConfig) -> int:
 
 def sandbox_env(*, threads: int, pythonpath: Sequence[str], path: Sequence[str], home: str = "/tmp",
                 own_pid_namespace: bool = True, control: str = "", run_as: tuple[int, int] | None = None,
-                gpu: str | None = None) -> dict[str, str]:
+                gpu: str | None = None, parent_tmp: str = SANDBOX_PARENT_TMP) -> dict[str, str]:
     """The whole environment the worker sees: nothing of the host's but CUDA_VISIBLE_DEVICES."""
     env = {
         "PATH": ":".join(path),
@@ -164,6 +166,7 @@ def sandbox_env(*, threads: int, pythonpath: Sequence[str], path: Sequence[str],
         "XDG_CACHE_HOME": f"{home}/.cache",
         "TORCH_HOME": f"{home}/.torch",
         THREADS_ENV: str(threads),
+        PARENT_TMP_ENV: parent_tmp,
         CONTROL_ENV: control,
         RUN_UID_ENV: "" if run_as is None else f"{run_as[0]}:{run_as[1]}",
     }
@@ -240,6 +243,7 @@ class BwrapPlan:
     drop_to: tuple[int, int] | None = None  # (uid, gid) each run drops to when the host is root
     threads: int = 1
     scratch: tuple[tuple[str, str], ...] = ()  # (host folder, sandbox path)
+    parent_tmp: str | None = None  # host folder bound at SANDBOX_PARENT_TMP
     control: str = ""  # the parent's control channel, as CONTROL_ENV carries it
     seccomp_fd: int | None = None
     gpu: str | None = None
@@ -283,6 +287,8 @@ def bwrap_command(plan: BwrapPlan, limits: SandboxConfig) -> list[str]:
     for host, inside in plan.scratch:
         args += _parents(inside, made) + ["--bind", host, inside]
     args += _parents(SANDBOX_INBOX, made) + ["--ro-bind", plan.inbox, SANDBOX_INBOX, "--bind", plan.outbox, SANDBOX_OUTBOX]
+    if plan.parent_tmp is not None:
+        args += ["--bind", plan.parent_tmp, SANDBOX_PARENT_TMP]
     args += ["--chdir", "/kaggle/working", "--clearenv"]
     env = sandbox_env(
         threads=plan.threads,
@@ -332,6 +338,7 @@ def plan_bwrap(*, inbox: Path, exchange: Exchange, limits: SandboxConfig, device
         bwrap=shutil.which("bwrap") or "bwrap",
         extra_pythonpath=tuple(p for p in [user_site_packages()] if p),
         scratch=tuple((str(host), inside) for inside, host in exchange.scratch.items()),
+        parent_tmp=None if exchange.parent_tmp is None else str(exchange.parent_tmp),
         control=control,
         seccomp_fd=seccomp_fd,
         gpu=gpu,  # CUDA still enumerates every GPU the driver has; only this one's node is there
@@ -516,6 +523,7 @@ class NoSandboxBackend:
             home=str(home),
             own_pid_namespace=False,
             control=channel.env,
+            parent_tmp=str(exchange.parent_tmp or home),
         )
         group = placement.group.procs_files if placement.group is not None else ()
         try:
@@ -574,6 +582,8 @@ def docker_run_kwargs(
         str(exchange.out): {"bind": SANDBOX_OUTBOX, "mode": "rw"},
         str(exchange.control_dir): {"bind": SANDBOX_CONTROL, "mode": "rw"},
     }
+    if exchange.parent_tmp is not None:
+        volumes[str(exchange.parent_tmp)] = {"bind": SANDBOX_PARENT_TMP, "mode": "rw"}
     for inside, host in exchange.scratch.items():
         volumes[str(host)] = {"bind": inside, "mode": "rw"}
     pythonpath: list[str] = []
@@ -770,7 +780,10 @@ def resolve_backend(name: str, *, allow_unsafe_fallback: bool) -> str:
         if name == "auto" and allow_unsafe_fallback:
             message = (
                 f"NO SANDBOX: bubblewrap is unavailable ({why}); the submission runs as a plain process "
-                "with your permissions. Only run code you trust; install bubblewrap to sandbox it."
+                "with your permissions. Only run code you trust; install bubblewrap to sandbox it. Not held here: "
+                "no network, a read-only system, hidden host files, cores/memory/processes per sandbox (cgroups), "
+                "the system-call filter, and runs that cannot signal the timing parent. Still held: one process per "
+                "run, import inside the timed window, host-side timing, scratch emptied between runs, weights validated."
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             print(f"WARNING: {message}", file=sys.stderr, flush=True)
@@ -783,6 +796,23 @@ def resolve_backend(name: str, *, allow_unsafe_fallback: bool) -> str:
     if not ok:
         raise SandboxUnavailable(f"sandbox backend 'docker': no Docker daemon reachable ({why}); start Docker or use bubblewrap")
     return name
+
+
+def remove_stale(backend: str) -> list[str]:
+    """What killed runners left: their cgroups and, on Docker, their labelled containers. Called
+    by the runner at start; a live runner's sandboxes are never touched (their pid is alive)."""
+    from harness.sandbox import cgroups
+
+    removed = [f"cgroup {name}" for name in cgroups.remove_stale()] if cgroups.available()[0] else []
+    if backend == "docker" and docker_status()[0]:
+        import docker
+
+        for container in docker.from_env().containers.list(all=True, filters={"label": "unlearning-harness=worker"}):
+            owner = container.labels.get("unlearning-harness.runner", "")
+            if owner.isdigit() and not cgroups._alive(int(owner)):
+                container.remove(force=True)
+                removed.append(f"container {container.short_id}")
+    return removed
 
 
 def get_backend(name: str) -> Backend:

@@ -293,8 +293,8 @@ class _Session:
         root = self.c.exchange
         out = root / "out"
         scratch = {inside: root / "scratch" / inside.strip("/").replace("/", "_") for inside in SCRATCH_DIRS}
-        control = root / "control"
-        for folder in (out, *scratch.values(), control):
+        control, parent_tmp = root / "control", root / "parent-tmp"
+        for folder in (out, *scratch.values(), control, parent_tmp):
             folder.mkdir(parents=True, mode=0o700)
         run_as = self.placement.run_as if self.placement else None
         for folder in (out, *scratch.values()):
@@ -305,7 +305,7 @@ class _Session:
                 folder.chmod(0o1777 if folder != out else 0o777)
         (root / "scratch").chmod(0o755)
         self.scratch_dirs = [out, *scratch.values()]
-        return Exchange(out=out, scratch=scratch, control_dir=control)
+        return Exchange(out=out, scratch=scratch, control_dir=control, parent_tmp=parent_tmp)
 
     def _boot(self) -> None:
         """Wait for the warm parent, then measure the harness's own part of a run."""

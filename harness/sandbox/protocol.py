@@ -40,6 +40,7 @@ MARKER_END = "\x1e[harness] end "
 OWN_PID_NAMESPACE_ENV = "HARNESS_OWN_PID_NAMESPACE"
 CONTROL_ENV = "HARNESS_CONTROL"  # fd:EVENTS,COMMANDS (pipes passed in) or fifo:DIR (Docker)
 RUN_UID_ENV = "HARNESS_RUN_UID"  # uid:gid each run drops to (root hosts and Docker); empty: stay
+PARENT_TMP_ENV = "HARNESS_PARENT_TMP"  # the warm parent's own temporary folder; runs use /tmp
 THREADS_ENV = "HARNESS_THREADS"  # torch threads per run: the cores the sandbox is given
 
 

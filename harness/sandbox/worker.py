@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -45,6 +46,7 @@ from harness.sandbox.protocol import (
     MARKER_END,
     ORIGINAL,
     OWN_PID_NAMESPACE_ENV,
+    PARENT_TMP_ENV,
     RUN_UID_ENV,
     SUBMISSION,
     THREADS_ENV,
@@ -123,6 +125,9 @@ class Zygote:
     def setup(self) -> None:
         _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/<pid>/mem, no fd reopening
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # a run's orphans come back here to be killed
+        self.run_tmpdir = os.environ.get("TMPDIR", "/tmp")
+        if os.environ.get(PARENT_TMP_ENV):  # torch and torchvision want a writable temp folder at import
+            os.environ["TMPDIR"] = tempfile.tempdir = os.environ[PARENT_TMP_ENV]
         import torch
         from safetensors.torch import load_file
 
@@ -191,7 +196,11 @@ class Zygote:
                 self.control.close()
                 Run(self, index, write_end).main()
             except BaseException:  # noqa: BLE001 - nothing may return into the parent's loop
-                pass
+                try:
+                    traceback.print_exc()  # the harness's own step failed (or the submission broke it)
+                    flush_std()
+                except BaseException:  # noqa: BLE001
+                    pass
             finally:
                 os._exit(code)
         os.close(write_end)
@@ -283,6 +292,8 @@ class Run:
             from harness.sandbox.privdrop import drop
 
             drop(*self.z.run_as)
+        os.environ["TMPDIR"] = self.z.run_tmpdir  # the run's own, emptied after it
+        tempfile.tempdir = None
         self.z.torch.set_num_threads(self.z.threads)
 
     def guard_fork(self) -> None:
