@@ -21,12 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from harness.sandbox import Status
-from harness.sandbox.backends import bwrap_status
 from harness.sandbox.cgroups import PARENT, available as cgroups_available
 from harness.sandbox.limits import count_tasks
-from test_sandbox_hostile import GOOD_SEED, KAGGLE, LIMITS, TRAIN, Scenario
+from test_sandbox_hostile import GOOD_SEED, KAGGLE, LIMITS, TRAIN, Scenario, limits_for, require_backend
 
-pytestmark = pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap does not work here: {bwrap_status()[1]}")
 needs_cgroups = pytest.mark.skipif(not cgroups_available()[0], reason=f"no cgroups here: {cgroups_available()[1]}")
 
 FIRST_UID = 63000  # away from the other sandbox tests' uids
@@ -246,27 +244,28 @@ def unlearning(net, retain_loader, forget_loader, val_loader):
 '''.format(train=TRAIN)
 
 
-def _scenarios() -> list[Scenario]:
-    limits = ESCAPE_LIMITS
+def _scenarios(backend: str) -> list[Scenario]:
+    limits, b = limits_for(backend, ESCAPE_LIMITS), backend
     return [
-        Scenario("import_trainer", IMPORT_TRAINER, [1], time_cap_s=1.0, limits=limits),
-        Scenario("state_dict_override", STATE_DICT_OVERRIDE, [1], time_cap_s=1.5, limits=limits),
-        Scenario("carry_over", CARRY_OVER, [1, 2, GOOD_SEED], time_cap_s=20.0, limits=limits),
-        Scenario("forger", FORGER, [1, 2], time_cap_s=1.0, limits=limits),
-        Scenario("parent_killer", PARENT_KILLER, [1, GOOD_SEED], limits=limits),
-        Scenario("greedy", GREEDY, [1], limits=limits),
-        Scenario("greedy_none", GREEDY, [1], limits=limits, backend="none"),
-        Scenario("memory_hog", MEMORY_HOG, [1, GOOD_SEED], limits=limits),
-        Scenario("shm_filler", SHM_FILLER, [1, 2], limits=limits),
-        Scenario("leftovers", LEFTOVERS, [1, 2, 3, 4, 5, 6], limits=limits),
-        Scenario("clean", KAGGLE.format(train=TRAIN), [GOOD_SEED], limits=limits),
+        Scenario("import_trainer", IMPORT_TRAINER, [1], time_cap_s=1.0, limits=limits, backend=b),
+        Scenario("state_dict_override", STATE_DICT_OVERRIDE, [1], time_cap_s=1.5, limits=limits, backend=b),
+        Scenario("carry_over", CARRY_OVER, [1, 2, GOOD_SEED], time_cap_s=20.0, limits=limits, backend=b),
+        Scenario("forger", FORGER, [1, 2], time_cap_s=1.0, limits=limits, backend=b),
+        Scenario("parent_killer", PARENT_KILLER, [1, GOOD_SEED], limits=limits, backend=b),
+        Scenario("greedy", GREEDY, [1], limits=limits, backend=b),
+        Scenario("greedy_none", GREEDY, [1], limits=ESCAPE_LIMITS, backend="none"),
+        Scenario("memory_hog", MEMORY_HOG, [1, GOOD_SEED], limits=limits, backend=b),
+        Scenario("shm_filler", SHM_FILLER, [1, 2], limits=limits, backend=b),
+        Scenario("leftovers", LEFTOVERS, [1, 2, 3, 4, 5, 6], limits=limits, backend=b),
+        Scenario("clean", KAGGLE.format(train=TRAIN), [GOOD_SEED], limits=limits, backend=b),
     ]
 
 
-@pytest.fixture(scope="module")
-def escapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("escapes")
-    scenarios = _scenarios()
+@pytest.fixture(scope="module", params=["bubblewrap", "docker"])
+def escapes(tmp_path_factory, request):
+    require_backend(request.param)
+    root = tmp_path_factory.mktemp(f"escapes-{request.param}")
+    scenarios = _scenarios(request.param)
     for scenario in scenarios:
         scenario.prepare(root)
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -27,10 +27,44 @@ from harness.config import SandboxConfig
 from harness.data.loaders import save_split
 from harness.models import build_model
 from harness.sandbox import RunResult, Status, run_worker
-from harness.sandbox.backends import bwrap_status
+from harness.sandbox.backends import bwrap_status, docker_status
 from harness.sandbox.limits import count_tasks
 
-pytestmark = pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap does not work here: {bwrap_status()[1]}")
+DOCKER_IMAGE = os.environ.get("HARNESS_DOCKER_IMAGE", "unlearning-harness-minbase:latest")  # scripts/docker_engine.sh image
+
+
+def docker_ready(image: str) -> tuple[bool, str]:
+    ok, why = docker_status()
+    if not ok:
+        return False, f"no Docker engine ({why}); start one with scripts/docker_engine.sh start"
+    import docker
+
+    try:
+        docker.from_env().images.get(image)
+    except Exception as exc:  # noqa: BLE001 - missing image or daemon trouble: not ready either way
+        return False, f"no image {image} ({type(exc).__name__}); build it with scripts/docker_engine.sh image"
+    return True, ""
+
+
+def require_backend(name: str) -> None:
+    """Skip a backend this machine lacks, except under CI, which must run every backend for real."""
+    ok, why = docker_ready(DOCKER_IMAGE) if name == "docker" else bwrap_status()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs the hostile tests against {name} for real, and it is not ready: {why}")
+        pytest.skip(f"{name} does not work here: {why}")
+
+
+def limits_for(backend: str, limits: SandboxConfig) -> SandboxConfig:
+    if backend == "docker":
+        return replace(limits, docker_image=DOCKER_IMAGE, docker_host_python=True)
+    return limits
+
+
+@pytest.fixture(scope="module", params=["bubblewrap", "docker"])
+def backend(request) -> str:
+    require_backend(request.param)
+    return request.param
 
 FIRST_UID = 62000  # away from other tests' sandboxes, so leftovers are ours to count
 LIMITS = SandboxConfig(memory_gb=2.0, max_processes=64, max_file_size_mb=64, log_bytes=16 * 1024, cpus=1, scratch_gb=0.25,
@@ -250,9 +284,9 @@ HOSTILE_SEEDS = [100, 101, 102, 103, 104, 105, 106, 107, GOOD_SEED, 109, 110, 11
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, backend):
     """Every scenario's worker, three at a time, plus what the host watched from outside."""
-    root = tmp_path_factory.mktemp("sandbox")
+    root = tmp_path_factory.mktemp(f"sandbox-{backend}")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -265,15 +299,16 @@ def world(tmp_path_factory):
                "/sandbox/inbox/escaped.txt", "/etc/escaped.txt", str(Path(__file__).resolve().parent / "escaped.txt")]
     hostile = HOSTILE.format(port=listener.getsockname()[1], sentinel=str(sentinel), host_dir=str(host_dir),
                              escapes=escapes, train=TRAIN, good_seed=GOOD_SEED)
+    limits = limits_for(backend, LIMITS)
     scenarios = [
-        Scenario("hostile", hostile, HOSTILE_SEEDS),
-        Scenario("kaggle", KAGGLE.format(train=TRAIN), [GOOD_SEED, 7]),
-        Scenario("sleeper", SLEEPER, [1, 2, 3], time_cap_s=2.0),
-        Scenario("kit", STARTING_KIT.format(train=TRAIN), [5]),
-        Scenario("exiter", EXITER, [1, 2]),
-        Scenario("import_error", IMPORT_ERROR, [1, 2]),
-        Scenario("missing_function", MISSING_FUNCTION, [1]),
-        Scenario("no_room_for_torch", KAGGLE.format(train=TRAIN), [1], limits=replace(LIMITS, memory_gb=0.15)),
+        Scenario("hostile", hostile, HOSTILE_SEEDS, backend=backend, limits=limits),
+        Scenario("kaggle", KAGGLE.format(train=TRAIN), [GOOD_SEED, 7], backend=backend, limits=limits),
+        Scenario("sleeper", SLEEPER, [1, 2, 3], time_cap_s=2.0, backend=backend, limits=limits),
+        Scenario("kit", STARTING_KIT.format(train=TRAIN), [5], backend=backend, limits=limits),
+        Scenario("exiter", EXITER, [1, 2], backend=backend, limits=limits),
+        Scenario("import_error", IMPORT_ERROR, [1, 2], backend=backend, limits=limits),
+        Scenario("missing_function", MISSING_FUNCTION, [1], backend=backend, limits=limits),
+        Scenario("no_room_for_torch", KAGGLE.format(train=TRAIN), [1], limits=replace(limits, memory_gb=0.15), backend=backend),
         Scenario("unsafe_none", STARTING_KIT.format(train=TRAIN), [5], backend="none"),
     ]
     for scenario in scenarios:
@@ -291,7 +326,7 @@ def world(tmp_path_factory):
     for scenario in done.values():
         print(f"{scenario.name}: {scenario.seconds:.1f} s, {[str(r.status) for r in scenario.results]}")
     return {"scenarios": done, "listener_connected": connected, "escapes": escapes, "sentinel": sentinel,
-            "host_dir": host_dir, "seconds": time.monotonic() - started}
+            "host_dir": host_dir, "seconds": time.monotonic() - started, "backend": backend}
 
 
 def _lines(result: RunResult, tag: str) -> list[str]:
@@ -313,7 +348,9 @@ def test_host_files_outside_the_inbox_cannot_be_read(world):
     reads = {line.split()[1]: line.split()[2] for line in _lines(result, "READ")}
     assert reads[str(world["sentinel"])] == "blocked" and reads["/etc/shadow"] == "blocked"
     visible = _lines(result, "LIST")[0]
-    assert "'root'" in visible and "'home'" not in visible and "'work'" not in visible
+    assert "'work'" not in visible  # none of the host's own folders (the image's minimal tree under Docker)
+    if world["backend"] == "bubblewrap":
+        assert "'root'" in visible and "'home'" not in visible
 
 
 def test_writes_outside_scratch_leave_the_host_untouched(world):
@@ -337,7 +374,7 @@ def test_fork_bomb_hits_the_process_limit_as_root_and_leaves_a_clean_row(world):
     assert result.status is Status.EXCEPTION
     assert "BlockingIOError" in result.reason and "submission.py" in result.reason
     (line,) = _lines(result, "FORK limit")
-    assert 0 < int(line.split()[3]) < LIMITS.max_processes
+    assert 0 < int(line.split()[3]) < LIMITS.max_processes + 64  # RLIMIT_NPROC, or the pids cgroup under Docker
     assert result.seconds < 30
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
@@ -345,6 +382,10 @@ def test_fork_bomb_hits_the_process_limit_as_root_and_leaves_a_clean_row(world):
 def test_limits_hold_inside_the_sandbox(world):
     result = world["scenarios"]["hostile"].by_seed(110)
     probe = json.loads(_lines(result, "LIMITS")[0][len("LIMITS "):])
+    if world["backend"] == "docker":  # memory and processes are the container's cgroups, not rlimits
+        assert probe["uid"] == 65534 and all(int(value, 16) == 0 for value in probe["caps"].values())
+        assert probe["limits"]["FSIZE"] == LIMITS.max_file_size_mb * 2**20 and probe["limits"]["CORE"] == 0
+        return
     assert probe["limits"]["DATA"] == int(LIMITS.memory_gb * 2**30)
     assert probe["limits"]["FSIZE"] == LIMITS.max_file_size_mb * 2**20 and probe["limits"]["CORE"] == 0
     assert probe["limits"]["NPROC"] >= LIMITS.max_processes  # on top of what the uid already runs
@@ -386,6 +427,10 @@ def test_sleeping_past_the_cap_is_a_timeout_with_the_times(world):
 @pytest.mark.skipif(os.getuid() != 0, reason="sandboxes run as the caller's own uid when not root")
 def test_killed_and_finished_workers_leave_no_process_behind(world):
     assert sum(count_tasks(uid) for uid in range(FIRST_UID, FIRST_UID + 10)) == 0
+    if world["backend"] == "docker":
+        import docker
+
+        assert docker.from_env().containers.list(all=True, filters={"label": f"unlearning-harness.runner={os.getpid()}"}) == []
 
 
 # -- outcomes ---------------------------------------------------------------------------------
