@@ -97,7 +97,7 @@ class TimeCapConfig:
     fraction: float = 0.2  # of one solo retrain's wall time
     solo_retrains: int = 3  # the cap is the median of this many solo retrains
     seconds: float | None = None  # a fixed cap, overriding the measurement
-    grace_s: float = 10.0  # worker start-up allowance on top of the runs' caps
+    grace_s: float = 10.0  # bounds the harness's own steps between runs (a fork); never submission code
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,10 @@ def unlearning(net, retain_loader, forget_loader, val_loader):
             spin(1.0)
             os._exit(0)
         children.append(pid)
-    spin(1.0)
+    x = torch.randn(256, 256)
+    start = time.thread_time()
+    while time.thread_time() - start < 1.0:  # 64 torch threads of matrix products meanwhile
+        x @ x
     for pid in children:
         os.waitpid(pid, 0)
 '''.format(spin=SPIN)
@@ -254,6 +257,7 @@ def _scenarios(backend: str) -> list[Scenario]:
         Scenario("parent_killer", PARENT_KILLER, [1, GOOD_SEED], limits=limits, backend=b),
         Scenario("greedy", GREEDY, [1], limits=limits, backend=b),
         Scenario("greedy_none", GREEDY, [1], limits=ESCAPE_LIMITS, backend="none"),
+        Scenario("greedy_watched", GREEDY, [1], limits=replace(limits, cgroups=False), backend=b),
         Scenario("memory_hog", MEMORY_HOG, [1, GOOD_SEED], limits=limits, backend=b),
         Scenario("shm_filler", SHM_FILLER, [1, 2], limits=limits, backend=b),
         Scenario("leftovers", LEFTOVERS, [1, 2, 3, 4, 5, 6], limits=limits, backend=b),
@@ -342,6 +346,15 @@ def test_a_greedy_run_gets_only_its_cores(escapes):
     # four processes spinning 1 s each: on one core the run takes about 4 s and uses about 4 CPU-seconds
     assert result.cpu_seconds <= result.window_s * len(affinity) + 0.2
     assert result.window_s > 3.0
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to widen")
+def test_without_cgroups_a_widened_affinity_is_seen_from_outside_and_killed(escapes):
+    (result,) = escapes["greedy_watched"].results
+    if escapes["greedy"].backend == "docker":  # the container's cpuset holds whatever the config says
+        assert result.status is Status.OK and len(eval(_line(result, "GREEDY affinity="))) == 1  # noqa: S307
+        return
+    assert result.status is Status.EXCEPTION and "widened its CPU affinity" in result.reason, result.reason
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to widen")

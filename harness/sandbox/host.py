@@ -498,9 +498,18 @@ class _Session:
                     + (f"; last output: {last}" if last else ""))
 
     def _watch(self, index: int) -> None:
-        """Where the host has no cgroups: the tree's memory against the limit, from outside."""
+        """Where the host has no cgroups: the tree's cores and memory against the sandbox's, from outside."""
         launched = self.launched
-        if getattr(launched, "group", None) is not None or self.c.limits.memory_gb is None:
+        if getattr(launched, "group", None) is not None or self.backend.name == "none":
+            return
+        given = set(self.placement.cpus)
+        for pid in launched.tree():
+            allowed = _allowed_cpus(pid)
+            if allowed is not None and not allowed <= given:
+                self._kill()
+                reason = f"widened its CPU affinity to cores {sorted(allowed)}, beyond the {len(given)} it was given"
+                raise _Stop(Status.EXCEPTION, reason, f"not run: run {index} {reason}")
+        if self.c.limits.memory_gb is None:
             return
         used = launched.memory_mb()
         if used is not None and used > self.c.limits.memory_gb * 1024:
@@ -622,6 +631,22 @@ def _write_records(outbox: Path, results: list[RunResult]) -> None:
     (outbox / RUNS).write_text("\n".join(lines) + ("\n" if lines else ""))
     for result in results:
         (outbox / f"run_{result.index}.log").write_text(result.log)
+
+
+def _allowed_cpus(pid: int) -> set[int] | None:
+    """A process's CPU affinity as the kernel holds it (/proc/<pid>/status), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("Cpus_allowed_list:"):
+                    cores: set[int] = set()
+                    for part in line.split(":", 1)[1].strip().split(","):
+                        low, _, high = part.partition("-")
+                        cores.update(range(int(low), int(high or low) + 1))
+                    return cores
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _number(value: object) -> float | None:
