@@ -269,6 +269,7 @@ def read_utkface(root: Path, *, image_size: int | None, person_map: str | None) 
     matched = [(p, _UTK_NAME.match(p.name)) for p in files]
     usable = [(p, int(m.group(1))) for p, m in matched if m]
     skipped = len(files) - len(usable)
+    usable, copies = _one_file_per_photo(usable, root=root)
     if not usable:
         raise DataError(f"layout 'utkface' expects images named <age>_<gender>_<race>_<date>.jpg under {root}; found none")
     paths = [p for p, _ in usable]
@@ -284,11 +285,31 @@ def read_utkface(root: Path, *, image_size: int | None, person_map: str | None) 
         persons = [lookup.get(i, i) for i in image_ids]
     manifest = make_manifest(image_ids, persons, ages, age_groups(ages), source=image_ids)
     note = f"; skipped {skipped} files whose names carry no age" if skipped else ""
+    if copies:
+        kept, dropped = copies[0]
+        note += f"; read {len(copies)} photos found in several folders once (e.g. {dropped} is {kept})"
     return LayoutData(
         manifest=manifest,
         images=read_images(paths, size=size, layout="utkface"),
         description=f"UTKFace at {root}: {len(manifest)} images, ages {ages.min()}-{ages.max()}{note}",
     )
+
+
+def _one_file_per_photo(usable: list[tuple[Path, int]], *, root: Path) -> tuple[list[tuple[Path, int]], list[tuple[str, str]]]:
+    """A UTKFace name (age_gender_race_datetime) identifies the photo: a download holding both
+    UTKFace/ and crop_part1/ (or the in-the-wild parts) has it twice, in two crops or the same
+    bytes, which would put one face in two splits. Keep the first copy in path order; return the
+    (kept, dropped) pairs, relative to the root."""
+    first: dict[str, Path] = {}
+    kept, copies = [], []
+    for path, age in usable:
+        photo = path.name.split(".", 1)[0]
+        if photo in first:
+            copies.append((first[photo].relative_to(root).as_posix(), path.relative_to(root).as_posix()))
+            continue
+        first[photo] = path
+        kept.append((path, age))
+    return kept, copies
 
 
 # --- CIFAR-10 in torchvision's on-disk format ------------------------------------------------
