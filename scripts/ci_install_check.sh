@@ -19,7 +19,18 @@ work=$(mktemp -d /tmp/unlearn-install-run.XXXXXX)
 trap 'rm -rf "$venv" "$work"' EXIT
 step() { echo "install check: $1 (${SECONDS}s)" >&2; }
 "$PY" -m venv --system-site-packages "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps .
+# from a copy of the checkout's files (tracked, and new ones not ignored): a build in place would
+# leave build/ behind, whose stale files a later wheel could pick up
+mkdir "$work/src"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+    if [ -e "$f" ]; then printf '%s\0' "$f"; fi
+  done | xargs -0 cp --parents -t "$work/src"
+else
+  cp -r . "$work/src" && rm -rf "$work/src/build"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$work/src"
+rm -rf "$work/src"
 step "installed"
 
 cd "$work"
