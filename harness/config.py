@@ -258,7 +258,7 @@ def find_config(path: str | Path) -> Path:
     """`path` itself when it exists; else the shipped config it names (`ci`, `ci.yaml` or
     `configs/ci.yaml`), so documented commands work from any folder after `pip install .`."""
     path = Path(path)
-    if path.exists() or path.is_absolute() or path.parent.name not in ("", "configs"):
+    if path.exists() or path.parent not in (Path("."), Path("configs")):
         return path
     shipped = shipped_dir("configs") / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
     if shipped.is_file():
