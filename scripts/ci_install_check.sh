@@ -49,6 +49,7 @@ recipe: {epochs: 1}
 references: {n_models: 2, solo_first: 0}
 time_cap: {seconds: 60}
 submissions: {n_runs: 2, dir: null, baselines: [do_nothing]}
+executor: {workers: 1}  # one pool worker: fewer torch imports on a small CI machine
 YAML
 "$venv/bin/unlearn" run tiny.yaml --quiet >/dev/null
 step "ran a competition"
