@@ -414,3 +414,21 @@ def test_build_task_refuses_a_copy_under_another_name_in_another_split(tmp_path)
     with pytest.raises(DataError, match=r"dataset 'utkface': the same image is in two splits: .*2017.* \(\w+\) and .*2099.* \(\w+\)( \(\d+ images are in more than one split\))?; remove the duplicate files") as exc:
         build_task(TaskConfig(dataset="utkface", path=str(tmp_path), options={"image_size": 8}))
     assert "\n" not in str(exc.value)
+
+
+def test_read_cifar10_drops_held_out_copies_of_another_splits_image(tmp_path):
+    """CIFAR-10's test set holds copies of training images (Barz & Denzler): the training rows
+    stay as the starting kit indexes them; a held-out copy is dropped, so no image is in two splits."""
+    make_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "rb") as f:
+        train = pickle.load(f)
+    with open(folder / "test_batch", "rb") as f:
+        held = pickle.load(f)
+    held["data"][5] = train["data"][2]
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(held, f)
+    data = read_layout("cifar10", tmp_path, {"verify_md5": False})
+    assert len(data.manifest) == 37 and "test-00005" not in set(data.manifest["image_id"])
+    assert data.manifest["image_id"].tolist()[:30] == [f"train-{i:05d}" for i in range(30)]
+    assert "dropped 1 held-out images identical to one in another split" in data.description

@@ -103,3 +103,11 @@ def test_validate_manifest_allows_copies_within_one_split():
     images = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
     images[1] = images[0]
     validate_manifest(manifest().assign(split=["retain", "retain", "test", "forget"]), images=images, num_classes=10, where="test")
+
+
+def test_validate_manifest_names_images_inside_a_shared_file_by_id():
+    images = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    images[2] = images[0]
+    m = manifest().assign(split=["retain", "retain", "test", "test"], source=["batch_1", "batch_1", "test_batch", "test_batch"])
+    with pytest.raises(DataError, match=r"two splits: i0 in batch_1 \(retain\) and i2 in test_batch \(test\);"):
+        validate_manifest(m, images=images, num_classes=10, where="test")

@@ -96,10 +96,15 @@ def validate_manifest(manifest: pd.DataFrame, *, images: np.ndarray | None = Non
         check_no_image_in_two_splits(manifest, images, where=where)
 
 
+def image_key(image: np.ndarray) -> bytes:
+    """A digest of one image's pixels: equal keys, the same image."""
+    return hashlib.sha1(np.ascontiguousarray(image), usedforsecurity=False).digest()
+
+
 def check_no_image_in_two_splits(manifest: pd.DataFrame, images: np.ndarray, *, where: str) -> None:
     """The same pixels in two splits (a photo in forget and retain, or in retain and test) make
     the scores meaningless; a DataError naming the files. Copies within one split are allowed."""
-    keys = [hashlib.sha1(np.ascontiguousarray(image), usedforsecurity=False).digest() for image in images]
+    keys = [image_key(image) for image in images]
     rows = pd.DataFrame({"key": keys, "split": manifest["split"].to_numpy()})
     n_splits = rows.groupby("key", sort=False)["split"].nunique()
     shared = n_splits[n_splits > 1]
@@ -109,8 +114,12 @@ def check_no_image_in_two_splits(manifest: pd.DataFrame, images: np.ndarray, *, 
     a = first[0]
     b = next(i for i in first if rows["split"].iat[i] != rows["split"].iat[a])
 
+    sources = manifest["source"]
+    shared_files = set(sources[sources.duplicated()])  # a batch file holding many images (CIFAR-10)
+
     def name(i: int) -> str:
-        return manifest["source"].iat[i] or manifest["image_id"].iat[i]
+        source, image_id = sources.iat[i], manifest["image_id"].iat[i]
+        return f"{image_id} in {source}" if source in shared_files and source else source or image_id
 
     more = f" ({len(shared)} images are in more than one split)" if len(shared) > 1 else ""
     raise DataError(
