@@ -61,6 +61,10 @@ if not rows or bad:
     raise SystemExit(f"install check: unlearn run scored {bad or 'nothing'}")
 PY
 finetune=$("$venv/bin/python" -c 'from harness.baselines import baseline_path; print(baseline_path("finetune"))')
+case "$finetune" in
+  "$venv"/*) ;;
+  *) echo "install check: the baselines come from $finetune, not from the installed package" >&2; exit 1 ;;
+esac
 "$venv/bin/unlearn" dry-run "$finetune" --config tiny.yaml --json >/dev/null 2>dry-run.log || { cat dry-run.log >&2; exit 1; }
 step "dry-ran a shipped baseline"
 "$venv/bin/unlearn" data describe --config configs/ci.yaml --no-measure >/dev/null  # a shipped config, by its documented path
