@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.config import PACKAGE_ROOT
+from harness.config import shipped_dir
 from harness.registry import Registry
 
-BASELINES_DIR = PACKAGE_ROOT.parent / "baselines"
+BASELINES_DIR = shipped_dir("baselines")
 
 BASELINES: Registry[Path] = Registry("baseline")
 for _path in sorted(BASELINES_DIR.glob("*.py")):

@@ -5,6 +5,9 @@ each figure with its expected value and tolerance. Tolerances come from the spre
 across seeds (see baselines/expected.yaml), so another machine's floating point does not fail
 the check while a real change in training, the sandbox or the metric does. The oracle must also
 beat doing nothing on forgetting quality by a stated margin, or the task is degenerate.
+
+The expected file names the config it was made for (`config: configs/ci.yaml`): the check uses
+that config unless given one, and refuses a config whose results would differ from it.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from harness.config import Config
+from harness.config import Config, find_config, load_config, shipped_dir
 from harness.errors import ConfigError
 
 FIGURES = ("final_score", "forget_quality", "retain_acc", "test_acc")
+DEFAULT_EXPECTED = shipped_dir("baselines") / "expected.yaml"
 
 
-def load_expected(path: str | Path) -> dict:
-    path = Path(path)
+def load_expected(path: str | Path | None = None) -> dict:
+    path = Path(path) if path is not None else DEFAULT_EXPECTED
     if not path.is_file():
         raise ConfigError(f"expected-scores file {path} does not exist; pass --expected with baselines/expected.yaml")
     data = yaml.safe_load(path.read_text()) or {}
@@ -32,13 +37,37 @@ def load_expected(path: str | Path) -> dict:
             entry = (figures or {}).get(figure)
             if not isinstance(entry, dict) or {"value", "tolerance"} - set(entry):
                 raise ConfigError(f"{path}: key 'baselines.{name}.{figure}' must be a mapping with 'value' and 'tolerance'")
+    if "config" in data and not isinstance(data["config"], str):
+        raise ConfigError(f"{path}: key 'config' must be the path of the config these figures were made for, got {data['config']!r}")
     return data
 
 
-def check_baselines(cfg: Config, *, expected: str | Path, progress: bool = False, log=lambda msg: None) -> dict:
+def expected_config(cfg: Config | None, spec: dict, *, expected: str | Path | None = None) -> Config:
+    """The config to check: the one the expected file names, or `cfg` when it hashes the same
+    (a copy, or other executor settings); `cfg` alone for a file that names none."""
+    where = expected if expected is not None else DEFAULT_EXPECTED
+    named = spec.get("config")
+    if named is None:
+        if cfg is None:
+            raise ConfigError(f"{where} names no config; add 'config: <the config it was made for>' to it, or pass --config")
+        return cfg
+    relative = Path(where).parent / named
+    made_for = load_config(relative if not Path(named).is_absolute() and relative.is_file() else find_config(named))
+    if cfg is not None and cfg.hash() != made_for.hash():
+        raise ConfigError(
+            f"{where} was made for {named} (config hash {made_for.hash()}), not {cfg.source} (config hash {cfg.hash()}); "
+            f"drop --config to check {named}, or pass --expected with a file made for {cfg.source}"
+        )
+    return made_for if cfg is None else cfg
+
+
+def check_baselines(
+    cfg: Config | None, *, expected: str | Path | None = None, progress: bool = False, log=lambda msg: None
+) -> dict:
     from harness.runner import run_competition
 
     spec = load_expected(expected)
+    cfg = expected_config(cfg, spec, expected=expected)
     names = tuple(spec["baselines"])
     oracle, nothing = spec.get("oracle", "retrain"), spec.get("do_nothing", "do_nothing")
     margin = float(spec.get("oracle_margin", 0.0))
@@ -61,6 +90,32 @@ def check_baselines(cfg: Config, *, expected: str | Path, progress: bool = False
                    "tolerance": 0.0, "got": None if f_oracle is None or f_nothing is None else f_oracle - f_nothing,
                    "ok": gap_ok, "status": None})
     return {"ok": all(c["ok"] for c in checks), "checks": checks, "config": cfg.source}
+
+
+TOLERANCE_FLOORS = {"final_score": 0.01, "forget_quality": 0.01, "retain_acc": 0.05, "test_acc": 0.05}
+
+
+def expected_spec(
+    values: dict[str, dict[str, float]],
+    across_seeds: dict[str, dict[str, list[float]]],
+    *,
+    config: str,
+    oracle: str = "retrain",
+    do_nothing: str = "do_nothing",
+    oracle_margin: float = 0.10,
+) -> dict:
+    """An expected file's content (scripts/baseline_spread.py writes it): each baseline's figures
+    on `config` as is, each tolerance 4 standard deviations across seeds and at least its floor
+    (three seeds underestimate a spread), and the config they were made for."""
+    baselines = {}
+    for name, figures in values.items():
+        baselines[name] = {}
+        for figure in FIGURES:
+            seen = [float(v) for v in across_seeds[name][figure]]
+            sd = float(np.std(seen, ddof=1)) if len(seen) > 1 else 0.0
+            baselines[name][figure] = {"value": round(float(figures[figure]), 4),
+                                       "tolerance": round(max(4 * sd, TOLERANCE_FLOORS[figure]), 3)}
+    return {"config": config, "oracle": oracle, "do_nothing": do_nothing, "oracle_margin": oracle_margin, "baselines": baselines}
 
 
 def _figure(rows: dict, name: str, figure: str) -> float | None:

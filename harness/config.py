@@ -1,8 +1,10 @@
 """Typed, frozen configuration loaded from YAML.
 
-Precedence: CLI flags > YAML > dataclass defaults. A YAML file may `include:` another (paths
-relative to the including file); the including file's keys win, merged section by section.
-Every error names the key and the file.
+Precedence: CLI flags > YAML > the embedded default (configs/default.yaml) > dataclass defaults.
+A YAML file may `include:` another (paths relative to the including file); the including file's
+keys win, merged section by section. A file that includes nothing starts from the embedded
+default, so a file holding only overrides (`executor: {workers: 1}`) is the embedded task with
+them. Every error names the key and the file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from harness.errors import ConfigError
 
 CONFIG_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PACKAGE_ROOT.parent / "configs" / "default.yaml"
+
+
+def shipped_dir(name: str) -> Path:
+    """configs/ or baselines/: the copy installed inside the package (pyproject maps them to
+    harness/_configs and harness/_baselines), else the source checkout's, beside harness/."""
+    installed = PACKAGE_ROOT / f"_{name}"
+    return installed if installed.is_dir() else PACKAGE_ROOT.parent / name
+
+
+DEFAULT_CONFIG = shipped_dir("configs") / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,7 @@ def resolve_device(device: str) -> str:
 
 def load_config(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
     """Load a YAML config (the embedded default when `path` is None) and apply dotted overrides."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = find_config(path) if path is not None else DEFAULT_CONFIG
     data = _shorthands(_read_yaml(path, seen=()))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
@@ -216,6 +227,12 @@ def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
     data["source"] = source
     cfg = _build(Config, _shorthands(data), key="", source=source)
     check_executor(cfg.executor, source=source)
+    forget = cfg.task.forget
+    if forget.count is not None and forget.fraction is not None:
+        raise ConfigError(
+            f"{source}: keys 'task.forget.count' ({forget.count}) and 'task.forget.fraction' ({forget.fraction}) "
+            "are alternatives; set one of them"
+        )
     return cfg
 
 
@@ -235,6 +252,19 @@ def check_executor(cfg: ExecutorConfig, *, source: str | None = None) -> None:
         if not ok:
             where = f"{source}: key 'executor.{key}'" if source else f"executor.{key}"
             raise ConfigError(f"{where} must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's executor section")
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` itself when it exists; else the shipped config it names (`ci`, `ci.yaml` or
+    `configs/ci.yaml`), so documented commands work from any folder after `pip install .`."""
+    path = Path(path)
+    if path.exists() or path.parent not in (Path("."), Path("configs")):
+        return path
+    shipped = shipped_dir("configs") / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in shipped_dir("configs").glob("*.yaml")))
+    raise ConfigError(f"config file {path} does not exist; pass an existing YAML file or a shipped config ({names})")
 
 
 def _shorthands(data: dict[str, Any]) -> dict[str, Any]:
@@ -257,19 +287,36 @@ def _read_yaml(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     include = data.pop("include", None)
-    if include is None:
+    if include is not None:
+        base = _read_yaml(path.parent / include, seen=(*seen, path))
+    elif path != DEFAULT_CONFIG.resolve():
+        base = _read_yaml(DEFAULT_CONFIG, seen=(*seen, path))  # overrides-only files start from the embedded task
+    else:
         return data
-    base = _read_yaml(path.parent / include, seen=(*seen, path))
     return _merge(base, data)
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+# Alternatives within task.forget: a file that sets one drops what its include set for the others.
+_FORGET_SIZES = ("count", "fraction", "index_file")
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], *, key: str = "") -> dict[str, Any]:
+    """`top` over `base`, section by section. task.options and task.forget describe one dataset:
+    a file naming another task.dataset inherits neither, so a layout's own forget set (Kaggle's
+    forget.csv) is never replaced by an included default's `count`."""
     out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
-            out[key] = _merge(out[key], value)
+    if key == "task" and "dataset" in top and top["dataset"] != base.get("dataset"):
+        out.pop("options", None)
+        out.pop("forget", None)
+    if key == "task.forget" and any(k in top for k in _FORGET_SIZES):
+        for name in _FORGET_SIZES:
+            out.pop(name, None)
+    for name, value in top.items():
+        sub = f"{key}.{name}" if key else name
+        if isinstance(value, dict) and isinstance(out.get(name), dict) and name != "options":
+            out[name] = _merge(out[name], value, key=sub)
         else:
-            out[key] = value
+            out[name] = value
     return out
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Config, load_config
+from harness.config import Config, ForgetConfig, load_config, shipped_dir
 from harness.errors import ConfigError
 from harness.registry import Registry
 
@@ -103,3 +103,57 @@ def test_executor_shorthand_names_the_kind(tmp_path):
     assert load_config(path).executor.kind == "ray"
     cfg = load_config(path, overrides={"executor.address": "127.0.0.1:6379"})
     assert (cfg.executor.kind, cfg.executor.address) == ("ray", "127.0.0.1:6379")
+
+
+def test_load_config_overrides_only_file_starts_from_the_embedded_task(tmp_path):
+    """A file holding only overrides is the embedded task with them, not the dataclass defaults
+    (ResNet-18, 30 epochs) under the embedded task's name."""
+    path = write(tmp_path / "one-worker.yaml", "executor: {workers: 1}\n")
+    cfg = load_config(path)
+    embedded = load_config()
+    assert (cfg.model.name, cfg.recipe.epochs, cfg.executor.workers) == (embedded.model.name, embedded.recipe.epochs, 1)
+    assert cfg.hash() == embedded.hash()  # executor settings change nothing stored: same competition
+
+
+def test_load_config_a_file_naming_another_dataset_inherits_neither_options_nor_forget(tmp_path):
+    """task.options and task.forget belong to one dataset: the embedded default's forget.count
+    must not replace a layout's own forget set."""
+    path = write(tmp_path / "k.yaml", "include: base.yaml\ntask: {dataset: kaggle, path: /data}\n")
+    write(tmp_path / "base.yaml", "task: {options: {n_persons: 9}, forget: {count: 16, first_k: true}}\n")
+    task = load_config(path).task
+    assert task.options == {} and task.forget == ForgetConfig()
+
+
+def test_load_config_forget_size_in_a_file_replaces_the_included_one(tmp_path):
+    write(tmp_path / "base.yaml", "task: {forget: {count: 16, seed: 3}}\n")
+    path = write(tmp_path / "top.yaml", "include: base.yaml\ntask: {forget: {fraction: 0.1}}\n")
+    forget = load_config(path).task.forget
+    assert (forget.count, forget.fraction, forget.seed) == (None, 0.1, 3)
+
+
+def test_load_config_count_and_fraction_together_is_an_error(tmp_path):
+    path = write(tmp_path / "both.yaml", "task: {forget: {count: 4, fraction: 0.1}}\n")
+    with pytest.raises(ConfigError, match=r"both.yaml: keys 'task.forget.count' \(4\) and 'task.forget.fraction' \(0.1\) are alternatives"):
+        load_config(path)
+
+
+def test_load_config_names_a_shipped_config_from_any_folder(tmp_path, monkeypatch):
+    """`unlearn run configs/ci.yaml` (or `ci`) works outside the checkout, as after `pip install .`."""
+    monkeypatch.chdir(tmp_path)
+    shipped = shipped_dir("configs") / "ci.yaml"
+    for name in ("configs/ci.yaml", "ci.yaml", "ci"):
+        cfg = load_config(name)
+        assert cfg.name == "ci" and cfg.source == str(shipped)
+    write(tmp_path / "ci.yaml", "name: mine\n")
+    assert load_config("ci.yaml").name == "mine"  # a file of that name here wins
+    with pytest.raises(ConfigError, match=r"config file configs/nope.yaml does not exist; .* shipped config \(casia-surf, ci, "):
+        load_config("configs/nope.yaml")
+
+
+def test_shipped_dir_prefers_the_copy_installed_in_the_package(tmp_path, monkeypatch):
+    import harness.config
+
+    (tmp_path / "harness" / "_configs").mkdir(parents=True)
+    monkeypatch.setattr(harness.config, "PACKAGE_ROOT", tmp_path / "harness")
+    assert shipped_dir("configs") == tmp_path / "harness" / "_configs"
+    assert shipped_dir("baselines") == tmp_path / "baselines"  # a source checkout: beside harness/

@@ -2,6 +2,7 @@ import glob
 import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -328,3 +329,106 @@ def test_read_csv_manifest_missing_file_and_columns(tmp_path):
     pd.DataFrame({"path": ["a.png"], "age": [3]}).to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(DataError, match=r"layout 'csv': image file .*a.png is missing"):
         read_layout("csv", tmp_path)
+
+
+# --- each layout config's own forget set stands (configs/<layout>.yaml include the default's forget.count: 16)
+
+
+def layout_task(name, root, **overrides):
+    """configs/<name>.yaml as shipped, pointed at a generated dataset in that layout."""
+    from harness.config import load_config
+    from harness.data.task import build_task
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml", overrides={"task.path": str(root), **overrides})
+    return build_task(cfg.task)
+
+
+def test_kaggle_config_keeps_the_layouts_forget_csv(tmp_path):
+    make_kaggle(tmp_path, with_test=True)
+    task = layout_task("kaggle", tmp_path)
+    forget_csv = pd.read_csv(tmp_path / "forget.csv", dtype={"image_id": str})["image_id"]
+    assert sorted(task.arrays("forget")["image_id"]) == sorted(forget_csv)
+    assert "forget set as the layout gives it" in task.description
+
+
+def test_utkface_config_forgets_five_percent_of_persons(tmp_path):
+    for i in range(60):
+        write_image(tmp_path / f"{20 + i % 50}_0_0_2017{i:04d}.jpg.chip.jpg", seed=i, fmt="JPEG")
+    task = layout_task("utkface", tmp_path)
+    train_persons = task.manifest.loc[task.manifest["split"].isin(["retain", "forget"]), "person_id"].nunique()
+    assert train_persons == 48 and len(task.arrays("forget")["image_id"]) == round(0.05 * 48)
+
+
+def test_cifar10_config_forgets_ten_percent_of_examples(tmp_path):
+    make_cifar(tmp_path)
+    task = layout_task("cifar10", tmp_path, **{"task.options.verify_md5": False})
+    assert len(task.arrays("train")["image_id"]) == 30 and len(task.arrays("forget")["image_id"]) == 3
+
+
+def test_casia_surf_config_forgets_the_first_fifteen_persons(tmp_path):
+    make_surf(tmp_path)
+    task = layout_task("casia-surf", tmp_path)
+    m = task.manifest
+    train_persons = sorted(m.loc[m["split"].isin(["retain", "forget"]), "person_id"].unique())
+    assert sorted(m.loc[m["split"] == "forget", "person_id"].unique()) == train_persons[:15]
+
+
+def test_csv_config_forgets_twenty_persons(tmp_path):
+    rows = []
+    for i in range(30):
+        write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+        rows.append({"path": f"imgs/{i}.png", "person_id": f"p{i}", "age": 20 + i})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    task = layout_task("csv", tmp_path)
+    assert task.manifest.loc[task.manifest["split"] == "forget", "person_id"].nunique() == 20
+
+
+# --- no image in two splits ------------------------------------------------------------------
+
+
+def make_utk_download(root, n=30):
+    """A common UTKFace download: UTKFace/ holds every photo, crop_part1/ the same files again."""
+    for i in range(n):
+        name = f"{20 + i}_{i % 2}_0_2017{i:04d}.jpg.chip.jpg"
+        write_image(root / "UTKFace" / name, seed=i, fmt="JPEG")
+        if i % 3 == 0:
+            (root / "crop_part1").mkdir(exist_ok=True)
+            (root / "crop_part1" / name).write_bytes((root / "UTKFace" / name).read_bytes())
+
+
+def test_read_utkface_reads_a_photo_in_two_folders_once(tmp_path):
+    make_utk_download(tmp_path)
+    data = read_layout("utkface", tmp_path)
+    assert len(data.manifest) == 30 and data.manifest["source"].str.startswith("UTKFace/").all()
+    assert "read 10 photos found in several folders once (e.g. crop_part1/20_0_0_20170000.jpg.chip.jpg is UTKFace/" in data.description
+
+
+def test_build_task_refuses_a_copy_under_another_name_in_another_split(tmp_path):
+    from harness.config import TaskConfig
+    from harness.data.task import build_task
+
+    make_utk_download(tmp_path)
+    for i in range(0, 30, 3):  # the same bytes under new names: not the same UTKFace photo by name
+        name = f"{20 + i}_{i % 2}_0_2017{i:04d}.jpg.chip.jpg"
+        (tmp_path / "crop_part1" / name).rename(tmp_path / "crop_part1" / f"{20 + i}_{i % 2}_0_2099{i:04d}.jpg.chip.jpg")
+    with pytest.raises(DataError, match=r"dataset 'utkface': the same image is in two splits: .*2017.* \(\w+\) and .*2099.* \(\w+\)( \(\d+ images are in more than one split\))?; remove the duplicate files") as exc:
+        build_task(TaskConfig(dataset="utkface", path=str(tmp_path), options={"image_size": 8}))
+    assert "\n" not in str(exc.value)
+
+
+def test_read_cifar10_drops_held_out_copies_of_another_splits_image(tmp_path):
+    """CIFAR-10's test set holds copies of training images (Barz & Denzler): the training rows
+    stay as the starting kit indexes them; a held-out copy is dropped, so no image is in two splits."""
+    make_cifar(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "rb") as f:
+        train = pickle.load(f)
+    with open(folder / "test_batch", "rb") as f:
+        held = pickle.load(f)
+    held["data"][5] = train["data"][2]
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(held, f)
+    data = read_layout("cifar10", tmp_path, {"verify_md5": False})
+    assert len(data.manifest) == 37 and "test-00005" not in set(data.manifest["image_id"])
+    assert data.manifest["image_id"].tolist()[:30] == [f"train-{i:05d}" for i in range(30)]
+    assert "dropped 1 held-out images identical to one in another split" in data.description

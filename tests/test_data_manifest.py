@@ -84,3 +84,30 @@ def test_read_images_errors_name_the_file(tmp_path):
     Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "t.png")
     with pytest.raises(DataError, match="images differ in size"):
         read_images([tmp_path / "s.png", tmp_path / "t.png"], size=None, layout="csv")
+
+
+def test_validate_manifest_refuses_an_image_in_two_splits():
+    images = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    images[3] = images[0]
+    m = manifest().assign(split=["retain", "retain", "test", "forget"], source=["a.png", "b.png", "c.png", "copy/a.png"])
+    with pytest.raises(DataError, match=r"^test: the same image is in two splits: a.png \(retain\) and copy/a.png \(forget\); remove the duplicate files"):
+        validate_manifest(m, images=images, num_classes=10, where="test")
+    images[3] = images[1]
+    images[2] = images[1]
+    m = m.assign(source=["", "", "", ""])  # no files: named by image_id
+    with pytest.raises(DataError, match=r"i1 \(retain\) and i2 \(test\); "):
+        validate_manifest(m, images=images, num_classes=10, where="test")
+
+
+def test_validate_manifest_allows_copies_within_one_split():
+    images = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    images[1] = images[0]
+    validate_manifest(manifest().assign(split=["retain", "retain", "test", "forget"]), images=images, num_classes=10, where="test")
+
+
+def test_validate_manifest_names_images_inside_a_shared_file_by_id():
+    images = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    images[2] = images[0]
+    m = manifest().assign(split=["retain", "retain", "test", "test"], source=["batch_1", "batch_1", "test_batch", "test_batch"])
+    with pytest.raises(DataError, match=r"two splits: i0 in batch_1 \(retain\) and i2 in test_batch \(test\);"):
+        validate_manifest(m, images=images, num_classes=10, where="test")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.data.manifest import LayoutData, age_groups, make_manifest, read_images
+from harness.data.manifest import LayoutData, age_groups, image_key, make_manifest, read_images
 from harness.data.synthetic import SyntheticOptions, generate_faces
 from harness.errors import DataError, HarnessError
 from harness.registry import Registry
@@ -269,6 +269,7 @@ def read_utkface(root: Path, *, image_size: int | None, person_map: str | None) 
     matched = [(p, _UTK_NAME.match(p.name)) for p in files]
     usable = [(p, int(m.group(1))) for p, m in matched if m]
     skipped = len(files) - len(usable)
+    usable, copies = _one_file_per_photo(usable, root=root)
     if not usable:
         raise DataError(f"layout 'utkface' expects images named <age>_<gender>_<race>_<date>.jpg under {root}; found none")
     paths = [p for p, _ in usable]
@@ -284,11 +285,31 @@ def read_utkface(root: Path, *, image_size: int | None, person_map: str | None) 
         persons = [lookup.get(i, i) for i in image_ids]
     manifest = make_manifest(image_ids, persons, ages, age_groups(ages), source=image_ids)
     note = f"; skipped {skipped} files whose names carry no age" if skipped else ""
+    if copies:
+        kept, dropped = copies[0]
+        note += f"; read {len(copies)} photos found in several folders once (e.g. {dropped} is {kept})"
     return LayoutData(
         manifest=manifest,
         images=read_images(paths, size=size, layout="utkface"),
         description=f"UTKFace at {root}: {len(manifest)} images, ages {ages.min()}-{ages.max()}{note}",
     )
+
+
+def _one_file_per_photo(usable: list[tuple[Path, int]], *, root: Path) -> tuple[list[tuple[Path, int]], list[tuple[str, str]]]:
+    """A UTKFace name (age_gender_race_datetime) identifies the photo: a download holding both
+    UTKFace/ and crop_part1/ (or the in-the-wild parts) has it twice, in two crops or the same
+    bytes, which would put one face in two splits. Keep the first copy in path order; return the
+    (kept, dropped) pairs, relative to the root."""
+    first: dict[str, Path] = {}
+    kept, copies = [], []
+    for path, age in usable:
+        photo = path.name.split(".", 1)[0]
+        if photo in first:
+            copies.append((first[photo].relative_to(root).as_posix(), path.relative_to(root).as_posix()))
+            continue
+        first[photo] = path
+        kept.append((path, age))
+    return kept, copies
 
 
 # --- CIFAR-10 in torchvision's on-disk format ------------------------------------------------
@@ -345,13 +366,30 @@ def read_cifar10(root: Path, *, image_size: int | None, normalize: bool, verify_
     ids = [f"train-{i:05d}" for i in range(n_train)] + [f"test-{i:05d}" for i in range(held)]
     source = [f"cifar-10-batches-py/data_batch_{i // 10000 + 1}" for i in range(n_train)] + ["cifar-10-batches-py/test_batch"] * held
     manifest = make_manifest(ids, ids, labels, labels, source=source, split=split)
+    images = images.numpy()
+    # a held-out image identical to one in another split (train first) is dropped, so no image is in
+    # two splits; the training rows, which the starting kit's forget_idx.npy indexes, all stay
+    keep = _first_copy_per_split_change(images, split, protected=n_train)
+    dropped = f"; dropped {int((~keep).sum())} held-out images identical to one in another split" if not keep.all() else ""
     scaling = "normalised as the starting kit" if normalize else "raw 0-255"
     return LayoutData(
-        manifest=manifest,
-        images=images.numpy(),
-        description=f"CIFAR-10 at {root}: {n_train} train, {held} held out (halved into test and val), {scaling}",
+        manifest=manifest.loc[keep].reset_index(drop=True),
+        images=images[keep],
+        description=f"CIFAR-10 at {root}: {n_train} train, {held} held out (halved into test and val), {scaling}{dropped}",
         fixed_split=True,
     )
+
+
+def _first_copy_per_split_change(images: np.ndarray, split: np.ndarray, *, protected: int) -> np.ndarray:
+    """Rows to keep: all of the first `protected`, and each later row unless the same pixels came
+    earlier in another split."""
+    seen: dict[bytes, str] = {}
+    keep = np.ones(len(images), bool)
+    for i, image in enumerate(images):
+        key = image_key(image)
+        first = seen.setdefault(key, split[i])
+        keep[i] = i < protected or first == split[i]
+    return keep
 
 
 def _cifar10_class(*, verify_md5: bool):

@@ -71,7 +71,8 @@ def make_manifest(
 
 
 def validate_manifest(manifest: pd.DataFrame, *, images: np.ndarray | None = None, num_classes: int, where: str) -> None:
-    """Columns present, ids unique, labels in range, one image per row; a DataError otherwise."""
+    """Columns present, ids unique, labels in range, one image per row, no image in two splits;
+    a DataError otherwise."""
     missing = [c for c in COLUMNS if c not in manifest.columns]
     if missing:
         raise DataError(f"{where}: manifest lacks columns {missing}; a manifest needs {', '.join(COLUMNS)}")
@@ -92,6 +93,39 @@ def validate_manifest(manifest: pd.DataFrame, *, images: np.ndarray | None = Non
             raise DataError(f"{where}: images must be float32 [n, C, H, W], got {images.dtype} {images.shape}")
         if len(images) != len(manifest):
             raise DataError(f"{where}: {len(images)} images for {len(manifest)} manifest rows; they must match")
+        check_no_image_in_two_splits(manifest, images, where=where)
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """A digest of one image's pixels: equal keys, the same image."""
+    return hashlib.sha1(np.ascontiguousarray(image), usedforsecurity=False).digest()
+
+
+def check_no_image_in_two_splits(manifest: pd.DataFrame, images: np.ndarray, *, where: str) -> None:
+    """The same pixels in two splits (a photo in forget and retain, or in retain and test) make
+    the scores meaningless; a DataError naming the files. Copies within one split are allowed."""
+    keys = [image_key(image) for image in images]
+    rows = pd.DataFrame({"key": keys, "split": manifest["split"].to_numpy()})
+    n_splits = rows.groupby("key", sort=False)["split"].nunique()
+    shared = n_splits[n_splits > 1]
+    if shared.empty:
+        return
+    first = np.flatnonzero(rows["key"].to_numpy() == shared.index[0])
+    a = first[0]
+    b = next(i for i in first if rows["split"].iat[i] != rows["split"].iat[a])
+
+    sources = manifest["source"]
+    shared_files = set(sources[sources.duplicated()])  # a batch file holding many images (CIFAR-10)
+
+    def name(i: int) -> str:
+        source, image_id = sources.iat[i], manifest["image_id"].iat[i]
+        return f"{image_id} in {source}" if source in shared_files and source else source or image_id
+
+    more = f" ({len(shared)} images are in more than one split)" if len(shared) > 1 else ""
+    raise DataError(
+        f"{where}: the same image is in two splits: {name(a)} ({rows['split'].iat[a]}) and {name(b)} "
+        f"({rows['split'].iat[b]}){more}; remove the duplicate files from the dataset"
+    )
 
 
 def manifest_csv(manifest: pd.DataFrame) -> bytes:

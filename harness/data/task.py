@@ -20,7 +20,7 @@ from harness.data.splits import assign_splits
 from harness.errors import DataError
 
 ARRAY_SPLITS = ("retain", "forget", "val", "test", "train")  # train = retain + forget
-DATA_CODE_VERSION = 1  # bump when readers or the generator change what they produce (cache keys)
+DATA_CODE_VERSION = 2  # 2: UTKFace reads a photo in several folders once, CIFAR-10 drops held-out copies. Bump when readers or the generator change what they produce (cache keys)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: compared and hashed by identity (it holds arrays)
