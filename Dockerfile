@@ -5,9 +5,11 @@
 #                -t unlearning-harness:cpu .                          # smaller, CPU only
 #
 # The host runs it through the `docker` sandbox backend (harness/sandbox/backends.py), which adds
-# --network none, a read-only root, memory/CPU/pid limits, --shm-size, tmpfs /tmp and /kaggle/*,
-# the inbox read-only and the outbox writable, GPUs when asked, and runs it as nobody:
+# --network none, a read-only root, memory/pid limits and its cores (cpuset), host folders for
+# /tmp, /dev/shm and /kaggle/* that the host empties between runs, the inbox read-only, the unit's
+# GPU when asked; the warm parent runs as root with four capabilities and every run as nobody:
 #   ENTRYPOINT python -m harness.sandbox.worker  +  CMD /sandbox/inbox /sandbox/outbox
+# Without a registry, scripts/docker_engine.sh builds a minimal image instead (see README).
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=https://pypi.org/simple
@@ -23,12 +25,12 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
 WORKDIR /opt/unlearning-harness
 COPY pyproject.toml README.md ./
 COPY harness ./harness
+COPY configs ./configs
+COPY baselines ./baselines
 RUN pip install . \
     && python -c "import torch, torchvision, harness.sandbox.worker, harness.models, harness.data.loaders" \
-    && mkdir -p /sandbox/inbox /sandbox/outbox /kaggle/tmp /kaggle/working \
-    && chmod 1777 /kaggle/tmp /kaggle/working
+    && mkdir -p /sandbox/inbox /sandbox/outbox /sandbox/control /sandbox/parent-tmp /kaggle/tmp /kaggle/working
 
-USER 65534:65534
 WORKDIR /kaggle/working
 ENTRYPOINT ["python", "-m", "harness.sandbox.worker"]
 CMD ["/sandbox/inbox", "/sandbox/outbox"]
