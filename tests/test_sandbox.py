@@ -543,3 +543,30 @@ def test_unwrap_finds_the_model_inside_wrappers(wrap):
     wrapped = wrappers[wrap](model)
     assert unwrap(wrapped, torch) is model
     assert list(unwrap(wrapped, torch).state_dict()) == list(model.state_dict())
+
+
+# -- public reasons ---------------------------------------------------------------------------------
+SOURCE = "import torch\n\ndef unlearning(net, a, b, c):\n    return helper(net)\n\ndef helper(net):\n    raise ValueError('x')\n"
+
+
+@pytest.mark.parametrize(
+    ("reason", "public"),
+    [
+        ("ValueError at mine.py:4 in unlearning -> mine.py:7 in helper", "same"),
+        ("importing mine.py failed: ModuleNotFoundError at mine.py:1 in <module>", "same"),
+        ("the model's weights cannot be read: ModuleNotFoundError", "same"),
+        ("mine.py: unlearning is not defined; define def unlearning(net, retain_loader, forget_loader, val_loader)", "same"),
+        ("SystemExit (called sys.exit)", "same"),
+        ("ValueError: retain label of img7 is 3", "fallback"),  # the message: a channel out of the sandbox
+        ("Label_3_5_7 at mine.py:4 in unlearning", "fallback"),  # an exception class made up from the data
+        ("ValueError at mine.py:4 in img7_is_3", "fallback"),  # a function the file does not define
+        ("ValueError at mine.py:900 in unlearning", "fallback"),  # a line the file does not have
+        ("ValueError at other.py:4 in unlearning", "fallback"),
+        (None, "fallback"),
+    ],
+)
+def test_public_reasons_keep_only_the_templates(reason, public):
+    from harness.sandbox.reasons import public_reason
+
+    got = public_reason(reason, file="mine.py", source=SOURCE, fallback="FALLBACK")
+    assert got == (reason if public == "same" else "FALLBACK")

@@ -44,7 +44,7 @@ from harness.errors import HarnessError
 from harness.sandbox import fsguard
 from harness.sandbox.backends import SCRATCH_DIRS, Backend, Exchange, Launched, Placement, get_backend, resolve_backend
 from harness.sandbox.logs import LogSplitter
-from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, RUNS, ControlLine, parse_control_line, read_spec, weights_name
+from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, RUNS, SUBMISSION, ControlLine, parse_control_line, read_spec, weights_name
 from harness.sandbox.statuses import ExitInfo, Status, classify_exit, describe_exit, one_line
 
 EXCHANGE = "exchange"
@@ -241,6 +241,7 @@ class _Session:
         self.in_flight: int | None = None
         self.quit_sent = False
         self._reference = None
+        self._source: str | None = None
         self._stop_reading = threading.Event()
         self.weights_limit = 2 * (context.inbox / ORIGINAL).stat().st_size + MIB
 
@@ -376,15 +377,24 @@ class _Session:
             status = None
         if status not in CLAIMABLE:
             return Status.EXCEPTION, "the run's report is malformed (the submission wrote into the harness's channel)", None
-        reason = claim.get("reason") or None
         if status is not Status.OK:
-            return status, reason or status.doc, None
+            return status, self._public(claim.get("reason"), status), None
         if self.c.cap is not None and seconds > self.c.cap:
             return Status.TIMEOUT, f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap", None
         weights, problem = self._take_weights(index)
         if problem is not None:
             return Status.BAD_WEIGHTS, problem, None
         return Status.OK, None, weights
+
+    def _public(self, reason: str | None, status: Status) -> str:
+        """The run's own reason, only as far as it fits the harness's templates (see reasons)."""
+        from harness.sandbox.reasons import public_reason
+
+        if self._source is None:
+            self._source = (self.c.inbox / SUBMISSION).read_text(errors="replace")
+            spec = read_spec(self.c.inbox)
+            self._source_name = spec.source_name or SUBMISSION
+        return public_reason(reason, file=self._source_name, source=self._source, fallback=status.doc)
 
     def _take_weights(self, index: int) -> tuple[Path | None, str | None]:
         """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes."""
