@@ -378,7 +378,7 @@ def test_fork_bomb_hits_the_process_limit_as_root_and_leaves_a_clean_row(world):
     assert "BlockingIOError" in result.reason and "submission.py" in result.reason
     (line,) = _lines(result, "FORK limit")
     assert 0 < int(line.split()[3]) < LIMITS.max_processes + 64  # RLIMIT_NPROC, or the pids cgroup under Docker
-    assert result.seconds < 30
+    assert result.seconds < 60  # within the cap: the bomb ended itself
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
 
