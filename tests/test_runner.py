@@ -272,7 +272,7 @@ def _kill_first_worker_with_a_child() -> dict:
                 try:
                     cmdline = (proc / "cmdline").read_bytes()
                     parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    children = (proc / "task" / proc.name / "children").read_text().split()
+                    children = [c for task in (proc / "task").iterdir() for c in (task / "children").read_text().split()]
                 except (OSError, ValueError, IndexError):
                     continue
                 if b"spawn_main" in cmdline and parent == os.getpid() and any(map(_runs_sandbox, children)):

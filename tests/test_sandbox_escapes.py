@@ -162,7 +162,7 @@ def unlearning(net, retain_loader, forget_loader, val_loader):
         os.sched_setaffinity(0, set(range(os.cpu_count())))
     except OSError:
         pass
-    torch.set_num_threads(64)
+    torch.set_num_threads(16)  # threads count against the sandbox's process limit too
     print(f"GREEDY affinity={{sorted(os.sched_getaffinity(0))}}", flush=True)
     children = []
     for _ in range(3):
@@ -173,7 +173,7 @@ def unlearning(net, retain_loader, forget_loader, val_loader):
         children.append(pid)
     x = torch.randn(256, 256)
     start = time.thread_time()
-    while time.thread_time() - start < 1.0:  # 64 torch threads of matrix products meanwhile
+    while time.thread_time() - start < 1.0:  # 16 torch threads of matrix products meanwhile
         x @ x
     for pid in children:
         os.waitpid(pid, 0)
