@@ -649,6 +649,7 @@ def dry_run(
     batch_format: str | None = None,
     unsafe_no_sandbox: bool = False,
     fresh: bool = False,
+    executor: Executor | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -658,7 +659,7 @@ def dry_run(
     own store (runs/<name>/dry-runs/), never the competition's store, leaderboards or config hash.
     Its runs are stored under a key of everything that changes their outcome (dry_run_settings),
     so the same file with the same settings is served from the store, and says so; `fresh` runs
-    them again.
+    them again. `executor`: units run there (a local pool by cfg.executor when None).
     """
     path = Path(submission)
     if not path.is_file():
@@ -666,7 +667,7 @@ def dry_run(
     check_sizes(cfg)
     n_runs = cfg.submissions.n_runs
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=True)
-    with make_executor(cfg.executor) as executor:
+    with borrowed(executor, cfg.executor) as executor:
         prep = prepare(cfg, executor=executor, progress=progress, log=log)
         settings = dry_run_settings(prep, path, backend=backend, batch_format=batch_format,
                                     threads=executor.unit_threads(executor.default_resources(prep.device)))
