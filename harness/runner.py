@@ -290,7 +290,7 @@ def time_cap_file(cache_dir: Path, refs_key: str, identity: dict) -> Path:
 
 def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: References, log) -> tuple[float, dict]:
     if cfg.time_cap.seconds is not None:
-        return float(cfg.time_cap.seconds), {"fixed_s": cfg.time_cap.seconds}
+        return float(cfg.time_cap.seconds), {"fixed_s": cfg.time_cap.seconds, "time_cap_s": float(cfg.time_cap.seconds)}
     identity = hardware_identity(device)
     basis_path = time_cap_file(cache_dir, refs.cache_key, identity)
     if basis_path.exists():
