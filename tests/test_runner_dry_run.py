@@ -112,7 +112,7 @@ def test_a_dozen_dry_runs_leave_the_competition_exactly_as_it_was(tmp_path):
     assert recorded["again"] == recorded["first"], "serving stored runs recorded runs"
     assert records["tuple batches"]["status"] == "exception" and records["tuple batches"]["stored_runs"] == 0
     assert records["another cap"]["stored_runs"] == 0 and records["another cap"]["time_cap_s"] == 30.0
-    assert records["another forget set"]["stored_runs"] == 0
+    assert records["another forget set"]["stored_runs"] == 0 and records["another forget set"]["status"] == "ok"
     assert records["no sandbox"]["stored_runs"] == 0
     assert records["named like the oracle"]["status"] == "ok"
     assert records["named like a competitor"]["status"] == "exception"
