@@ -73,7 +73,7 @@ def check_baselines(
     margin = float(spec.get("oracle_margin", 0.0))
     cfg = replace(cfg, submissions=replace(cfg.submissions, baselines=names, dir=None))
     table = run_competition(cfg, submissions_dir=None, baselines=names, progress=progress, log=log)
-    rows = {team.removeprefix("baseline:"): row for team, row in table.set_index("team").iterrows()}
+    rows = baseline_rows(table, names)
     checks = []
     for name, figures in spec["baselines"].items():
         row = rows.get(name)
@@ -116,6 +116,19 @@ def expected_spec(
             baselines[name][figure] = {"value": round(float(figures[figure]), 4),
                                        "tolerance": round(max(4 * sd, TOLERANCE_FLOORS[figure]), 3)}
     return {"config": config, "oracle": oracle, "do_nothing": do_nothing, "oracle_margin": oracle_margin, "baselines": baselines}
+
+
+def baseline_rows(table, names) -> dict:
+    """Each baseline's row, found by the entry's identity (its team and kind), never by a name a
+    submission could share (a file named retrain.py is team 'retrain', not the baseline)."""
+    from harness.runner import baseline_team
+
+    rows = {}
+    for name in names:
+        match = table[(table["team"] == baseline_team(name)) & table["kind"].isin(("baseline", "oracle"))]
+        if len(match):
+            rows[name] = match.iloc[0]
+    return rows
 
 
 def _figure(rows: dict, name: str, figure: str) -> float | None:

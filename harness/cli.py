@@ -74,6 +74,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         cfg,
         batch_format=args.batch_format,
         unsafe_no_sandbox=args.unsafe_no_sandbox,
+        fresh=args.fresh,
         progress=not args.json,
         log=lambda msg: print(msg, file=sys.stderr),
     )
@@ -83,6 +84,9 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 def _format_dry_run(r: dict) -> str:
     lines = [f"submission  {r['submission']} (version {r['version']})", f"status      {r['status']}"]
+    if r["stored_runs"]:
+        lines.append(f"stored      {r['stored_runs']} of {r['n_models']} runs served from {r['store']} "
+                     f"(same file and settings, key {r['key']}); --fresh runs them again")
     if r["error"]:
         lines.append(f"error       {r['error']}")
     if r["final_score"] is not None:
@@ -212,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     scoring(p)
     p.add_argument("--batch-format", choices=("dict", "tuple"), help="override the batch style the file declares")
+    p.add_argument("--fresh", action="store_true", help="run again the runs stored by an earlier dry run of the same file and settings")
     p.add_argument("--json", action="store_true", help="print one JSON record")
     p.set_defaults(func=cmd_dry_run)
 

@@ -58,6 +58,7 @@ class ForgetConfig:
     classes: tuple[int, ...] | None = None  # draw only from these age groups
     index_file: str | None = None  # one image_id per line (by: index_file)
     seed: int = 0
+    private_index_file: str | None = None  # the private board's forget set (image_ids), disjoint from the public one
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class Config:
         for key in ("output", "executor", "leaderboard"):
             data.pop(key)
         data["submissions"] = {"n_runs": self.submissions.n_runs, "reference_baselines": self.submissions.reference_baselines}
+        if data["task"]["forget"]["private_index_file"] is None:  # a later key: unset, stored hashes stand
+            del data["task"]["forget"]["private_index_file"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

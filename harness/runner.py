@@ -14,8 +14,8 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,12 @@ from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
+from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.scoring import METRIC_VERSION, Score, reference_noise_floor, score_run_records
 from harness.statuses import Status
 from harness.store import Store, file_version
 from harness.timing import Timings
-from harness.training import init_model, timing_threads
+from harness.training import hardware_description, hardware_identity, init_model, timing_threads
 from harness.units import (
     RunSubmission,
     TrainOriginal,
@@ -50,6 +51,8 @@ from harness.units import (
 
 LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
+BASELINE_PREFIX = "baseline:"  # a baseline's team; no submission file may take it
+DRY_RUNS_DIR = "dry-runs"  # runs/<name>/dry-runs/: dry runs' own store, apart from the competition's
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,28 @@ def run_seeds(cfg: Config, leaderboard: str, n_runs: int) -> list[int]:
     return [base + i for i in range(n_runs)]
 
 
-def task_config_for(cfg: Config, leaderboard: str):
-    """The private leaderboard draws its forget set with another seed, as Kaggle did."""
+def board_task(cfg: Config, leaderboard: str) -> Task:
+    """A leaderboard's task: the same train/val/test on both boards; the private one forgets a set
+    disjoint from the public one (harness.data.splits.draw_private_forget) or fails naming the key."""
     if leaderboard not in LEADERBOARDS:
         raise HarnessError(f"unknown leaderboard {leaderboard!r}; use one of {', '.join(LEADERBOARDS)}")
-    if leaderboard == "public":
-        return cfg.task
-    forget = replace(cfg.task.forget, seed=cfg.task.forget.seed + 1_000)
-    return replace(cfg.task, forget=forget)
+    return build_task(cfg.task, board=leaderboard)
+
+
+def forget_overlap(public: Task, private: Task) -> dict:
+    """How the two boards' forget sets relate: their sizes and the images they share (none, by construction)."""
+    ids = {board: set(task.arrays("forget")["image_id"]) for board, task in (("public", public), ("private", private))}
+    shared = sorted(ids["public"] & ids["private"])
+    if shared:
+        raise HarnessError(
+            f"the public and private forget sets share {len(shared)} images (e.g. {shared[0]!r}); "
+            "set task.forget.private_index_file to images outside the public forget set"
+        )
+    return {"public": len(ids["public"]), "private": len(ids["private"]), "shared": 0}
+
+
+def baseline_team(name: str) -> str:
+    return f"{BASELINE_PREFIX}{name}"
 
 
 def discover_entries(
@@ -115,11 +132,12 @@ def discover_entries(
     baselines: tuple[str, ...] | None = None,
     all_baselines: bool = False,
 ) -> list[Entry]:
+    """Every entry to score, teams unique across baselines, the oracle and submissions."""
     entries: list[Entry] = []
     names = BASELINES.names() if all_baselines else (cfg.submissions.baselines if baselines is None else baselines)
     for name in names:
         kind = "oracle" if name in cfg.submissions.reference_baselines else "baseline"
-        entries.append(Entry(team=f"baseline:{name}", path=baseline_path(name), kind=kind, exempt=kind == "oracle"))
+        entries.append(Entry(team=baseline_team(name), path=baseline_path(name), kind=kind, exempt=kind == "oracle"))
     folder = submissions_dir if submissions_dir is not None else cfg.submissions.dir
     if folder is not None:
         folder = Path(folder)
@@ -129,7 +147,17 @@ def discover_entries(
             for path in sorted(folder.glob("*.py")):
                 if path.name.startswith("_"):
                     continue
+                if path.stem.startswith(BASELINE_PREFIX):
+                    raise SubmissionError(
+                        f"submission file {path} is named like a baseline's team {path.stem!r}; rename the file "
+                        f"(a team name must not start with {BASELINE_PREFIX!r})"
+                    )
                 entries.append(Entry(team=path.stem, path=path, kind="submission", exempt=False))
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.team in seen:
+            raise SubmissionError(f"team {entry.team!r} is listed twice; list each baseline once in submissions.baselines")
+        seen.add(entry.team)
     return entries
 
 
@@ -141,37 +169,57 @@ def prepare(
     timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    task: Task | None = None,
+    base: Prepared | None = None,
 ) -> Prepared:
     """Build the task, the original model, the references and the time cap (all cached); the
-    training runs as units on `executor` (a local pool by cfg.executor when None)."""
+    training runs as units on `executor` (a local pool by cfg.executor when None).
+
+    `task`: the board's task when already built (board_task). `base`: another board of the same
+    competition (the public one): its original model and time cap are this board's too, so a file
+    is never held to two caps measured apart, nor scored against two originals.
+    """
     with borrowed(executor, cfg.executor) as executor:
-        return _prepare(cfg, leaderboard, executor, timings or Timings(), progress, log)
+        return _prepare(cfg, leaderboard, executor, timings or Timings(), progress, log, task, base)
 
 
 def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings, progress: bool,
-             log: Callable[[str], None]) -> Prepared:
+             log: Callable[[str], None], task: Task | None, base: Prepared | None) -> Prepared:
     device = units_device(cfg)
     run_dir = cfg.run_dir
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else run_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with timings.measure("task"):
-        task = build_task(task_config_for(cfg, leaderboard))
-    log(f"task: {task.description}")
+    if task is None:
+        with timings.measure("task"):
+            task = board_task(cfg, leaderboard)
+    log(f"task ({leaderboard}): {task.description}")
 
-    original_path = _original(cfg, task, device=device, cache_dir=cache_dir, executor=executor, timings=timings, log=log)
+    refs_cfg = cfg.references
+    if base is None:
+        original_path = _original(cfg, task, device=device, cache_dir=cache_dir, executor=executor, timings=timings, log=log)
+    else:
+        if list(base.task.arrays("train")["image_id"]) != list(task.arrays("train")["image_id"]):
+            raise HarnessError(f"the {leaderboard} board's train split differs from the {base.leaderboard} board's; "
+                               "both boards must share train, val and test")
+        original_path = base.original_path
+        refs_cfg = replace(refs_cfg, solo_first=0)  # the cap is measured once per competition, on the base board
 
     refs = train_references(
         task,
         model_cfg=cfg.model,
         recipe=cfg.recipe,
-        refs_cfg=cfg.references,
+        refs_cfg=refs_cfg,
         device=device,
         cache_dir=cache_dir,
         progress=progress,
         executor=executor,
         timings=timings,
     )
-    time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log)
+    if base is None:
+        time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log)
+    else:
+        time_cap_s, basis = base.time_cap_s, {**base.time_cap_basis, "measured_for": base.leaderboard}
+        log(f"time cap: {time_cap_s:.2f} s per run, the {base.leaderboard} board's (one cap per competition)")
     return Prepared(
         cfg=cfg,
         leaderboard=leaderboard,
@@ -232,23 +280,45 @@ def _original(cfg: Config, task: Task, *, device: str, cache_dir: Path, executor
     return path
 
 
+def time_cap_file(cache_dir: Path, refs_key: str, identity: dict) -> Path:
+    """Where a measured cap is cached: by what the retrains trained (the references' key: task,
+    model, recipe, torch, device type) and by the hardware they ran on (CPU model, cores, CPU set,
+    torch threads, accelerator)."""
+    hardware = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"time-cap-{refs_key}-{hardware}.json"
+
+
 def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: References, log) -> tuple[float, dict]:
     if cfg.time_cap.seconds is not None:
-        return float(cfg.time_cap.seconds), {"fixed_s": cfg.time_cap.seconds}
-    basis_path = cache_dir / f"time-cap-{refs.cache_key}.json"
+        return float(cfg.time_cap.seconds), {"fixed_s": cfg.time_cap.seconds, "time_cap_s": float(cfg.time_cap.seconds)}
+    identity = hardware_identity(device)
+    basis_path = time_cap_file(cache_dir, refs.cache_key, identity)
     if basis_path.exists():
-        basis = json.loads(basis_path.read_text())
+        basis, how = json.loads(basis_path.read_text()), "cached"
     else:
+        elsewhere = sorted(p for p in cache_dir.glob(f"time-cap-{refs.cache_key}*.json") if p != basis_path)
+        if elsewhere:
+            log(f"time cap: {len(elsewhere)} cap(s) cached for this task on other hardware (e.g. {_measured_on(elsewhere[0])}) "
+                f"are not used here; measuring on {hardware_description(device)}")
         median, times, hardware = measure_retrain_time(
             task, model_cfg=cfg.model, recipe=cfg.recipe, seed=cfg.references.seed, device=device,
             n=cfg.time_cap.solo_retrains, references=refs,
         )
-        basis = {"median_retrain_s": median, "retrain_times_s": times, "hardware": hardware}
+        basis, how = {"median_retrain_s": median, "retrain_times_s": times, "hardware": hardware,
+                      "hardware_identity": identity}, "measured now"
         basis_path.write_text(json.dumps(basis))
     cap = cfg.time_cap.fraction * basis["median_retrain_s"]
     basis = {**basis, "fraction": cfg.time_cap.fraction, "time_cap_s": cap}
-    log(f"time cap: {cap:.2f} s per run = {cfg.time_cap.fraction} x {basis['median_retrain_s']:.2f} s (median solo retrain on {basis['hardware']})")
+    log(f"time cap: {cap:.2f} s per run = {cfg.time_cap.fraction} x {basis['median_retrain_s']:.2f} s "
+        f"(median solo retrain on {basis['hardware']}; {how})")
     return cap, basis
+
+
+def _measured_on(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text()).get("hardware", "unnamed hardware"))
+    except (OSError, ValueError, AttributeError):
+        return f"unreadable {path.name}"
 
 
 @dataclass(frozen=True)
@@ -271,6 +341,7 @@ def score_entries(
     n_runs: int,
     backend: str,
     batch_format_override: str | None = None,
+    rerun: Collection[str] = (),
     timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -281,7 +352,8 @@ def score_entries(
     An entry with a failed run is not run again (its failure is its result), except for runs the
     sandbox itself failed (sandbox_error), which run again; one whose unit was lost to the
     infrastructure or raised gets a failed score and no run rows, so a rerun retries exactly the
-    missing runs.
+    missing runs. The sandboxed entries whose teams are in `rerun` run all their runs again, each
+    stored run replaced (a dry run's --fresh).
     """
     timings = timings or Timings()
     results: dict[int, EntryResult] = {}
@@ -294,6 +366,8 @@ def score_entries(
             retry = {r["run_index"] for r in stored if r["status"] == Status.SANDBOX_ERROR.value}
             failed_before = [r for r in stored if r["status"] not in (Status.OK.value, Status.SANDBOX_ERROR.value)]
             have = {r["run_index"] for r in stored}
+            if entry.team in rerun and entry.kind != "oracle":
+                retry, failed_before = set(have), []
             todo = [i for i in range(n_runs) if i in retry or i not in have]
             if todo and not failed_before and entry.kind == "oracle":
                 _oracle_runs(prep, store, sub_id, n_runs, executor=executor, timings=timings, progress=progress)
@@ -486,7 +560,7 @@ def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int,
 
 
 def open_store(cfg: Config, *, allow_change: bool = False) -> Store:
-    """The competition's store; results of a different config are refused (dry runs may switch)."""
+    """The competition's store; results of a different config are refused."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.run_dir / "results.sqlite", log_cap=cfg.sandbox.log_bytes)
     store.record_competition(config=cfg.to_dict(), config_hash=cfg.hash(), code_version=__version__,
@@ -516,10 +590,20 @@ def run_competition(
     for left in remove_stale(backend):
         log(f"removed {left}, left by a runner that was killed")
     entries = discover_entries(cfg, submissions_dir=submissions_dir, baselines=baselines, all_baselines=all_baselines)
+    with timings.measure("task"):  # every board's forget set before anything is trained or stored
+        tasks = {leaderboard: board_task(cfg, leaderboard) for leaderboard in leaderboards}
+    overlap = forget_overlap(tasks["public"], tasks["private"]) if {"public", "private"} <= set(tasks) else None
+    if overlap:
+        log(f"forget sets: public {overlap['public']} images, private {overlap['private']} images, disjoint (none shared)")
     store = open_store(cfg)
+    if overlap:
+        store.set_meta(forget_sets=overlap)
     with make_executor(cfg.executor) as executor:
+        base = None
         for leaderboard in leaderboards:
-            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, timings=timings, progress=progress, log=log)
+            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, timings=timings, progress=progress, log=log,
+                           task=tasks[leaderboard], base=base)
+            base = base or prep
             with timings.measure("store"):
                 _record_prepared(store, prep)
             score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
@@ -564,23 +648,72 @@ def dry_run(
     *,
     batch_format: str | None = None,
     unsafe_no_sandbox: bool = False,
+    fresh: bool = False,
+    executor: Executor | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """One participant's file, scored as the organizers would at this config's N; one record."""
+    """One participant's file, scored as the organizers would at this config's N; one record.
+
+    Reads the competition's cached task, original, references and time cap, and writes only its
+    own store (runs/<name>/dry-runs/), never the competition's store, leaderboards or config hash.
+    Its runs are stored under a key of everything that changes their outcome (dry_run_settings),
+    so the same file with the same settings is served from the store, and says so; `fresh` runs
+    them again. `executor`: units run there (a local pool by cfg.executor when None).
+    """
     path = Path(submission)
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; pass the path of a .py file defining unlearning()")
     check_sizes(cfg)
+    n_runs = cfg.submissions.n_runs
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=True)
-    store = open_store(cfg, allow_change=True)
-    entry = Entry(team=path.stem, path=path, kind="submission", exempt=False)
-    with make_executor(cfg.executor) as executor:
+    with borrowed(executor, cfg.executor) as executor:
         prep = prepare(cfg, executor=executor, progress=progress, log=log)
-        _record_prepared(store, prep)
-        [result] = score_entries(prep, [entry], store, executor=executor, n_runs=cfg.submissions.n_runs,
-                                 backend=backend, batch_format_override=batch_format, progress=progress, log=log)
-    return dry_run_record(result, prep)
+        settings = dry_run_settings(prep, path, backend=backend, batch_format=batch_format,
+                                    threads=executor.unit_threads(executor.default_resources(prep.device)))
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        prep = replace(prep, run_dir=cfg.run_dir / DRY_RUNS_DIR)  # its scratch too stays apart
+        store = Store(prep.run_dir / "results.sqlite", log_cap=cfg.sandbox.log_bytes)
+        store.set_meta(**{f"dry_run_{key}": settings})
+        entry = Entry(team=f"{path.stem}@{key}", path=path, kind="submission", exempt=False)
+        stored = [r for r in store.runs(store.add_submission(path, team=entry.team), prep.leaderboard)
+                  if r.run_index < n_runs and r.status is not Status.SANDBOX_ERROR]
+        if stored and fresh:
+            log(f"dry run: --fresh: running all {n_runs} runs again; the {len(stored)} stored ones are replaced")
+            stored = []
+        elif stored:
+            log(f"dry run: serving {len(stored)} of {n_runs} runs stored by an earlier dry run of this file with the "
+                f"same settings (key {key}, last recorded {max(r.recorded_at for r in stored)}); "
+                "pass --fresh to run them again")
+        [result] = score_entries(prep, [entry], store, executor=executor, n_runs=n_runs, backend=backend,
+                                 batch_format_override=batch_format, rerun={entry.team} if fresh else (),
+                                 progress=progress, log=log)
+    return {**dry_run_record(result, prep), "stored_runs": len(stored), "key": key, "store": str(store.path)}
+
+
+def dry_run_settings(prep: Prepared, path: Path, *, backend: str, batch_format: str | None, threads: int) -> dict:
+    """Everything that changes a dry run's outcome; its hash keys the stored runs, so a change to
+    any (the file, an override, the original, the forget set, the cap...) never replays old runs."""
+    cfg, n_runs = prep.cfg, prep.cfg.submissions.n_runs
+    return {
+        "file": file_version(path),
+        "batch_format": {"config": cfg.task.batch_format, "override": batch_format},
+        "batch_size": cfg.task.batch_size,
+        "device": prep.device,
+        "threads": threads,
+        "backend": backend,
+        "sandbox": asdict(cfg.sandbox),
+        "seeds": run_seeds(cfg, prep.leaderboard, n_runs),
+        "deterministic": cfg.deterministic,
+        "protocol_version": PROTOCOL_VERSION,
+        "code_version": __version__,
+        "time_cap_s": prep.time_cap_s,
+        "grace_s": cfg.time_cap.grace_s,
+        "model": [cfg.model.name, cfg.model.num_classes],
+        "original": file_version(prep.original_path),
+        "task": prep.task.fingerprint,  # the images and every split: the forget set among them
+        "references": [prep.references.cache_key, prep.references.n_models],
+    }
 
 
 def dry_run_record(result: EntryResult, prep: Prepared) -> dict:

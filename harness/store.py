@@ -479,6 +479,9 @@ class Store:
             row = conn.execute("SELECT id FROM submissions WHERE team = ? AND version = ?", (team, version)).fetchone()
             if row is not None:
                 return int(row[0])
+            other = conn.execute("SELECT kind FROM submissions WHERE team = ? AND kind != ?", (team, kind)).fetchone()
+            if other is not None:  # teams are unique across baselines, the oracle and submissions
+                raise HarnessError(f"team {team!r} is already stored as kind {other[0]!r}, not {kind!r}; give this entry another team name")
             cur = conn.execute(
                 "INSERT INTO submissions (team, name, path, version, kind, exempt, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (team, name or path.stem, str(path.resolve()), version, kind, int(bool(exempt)), _now()),

@@ -95,12 +95,45 @@ def choose_path(device: str | torch.device, *, n_models: int, cores: int | None 
 
 
 def hardware_description(device: str | torch.device) -> str:
-    """What a timing was measured on: the accelerator, the CPU model, cores and torch threads."""
-    device = torch.device(device)
-    cpu = f"{_cpu_model()} x{usable_cores()} cores, torch {timing_threads(device)} threads"
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (cuda); host {cpu}"
+    """What a timing was measured on: the accelerator, the CPU model, cores (and which) and torch threads."""
+    facts = hardware_identity(device)
+    cpu = f"{facts['cpu_model']} x{facts['cores']} cores (cpus {facts['cpu_set']}), torch {facts['torch_threads']} threads"
+    if facts["accelerator"]:
+        return f"{facts['accelerator']} ({facts['device_type']}); host {cpu}"
     return cpu
+
+
+def hardware_identity(device: str | torch.device) -> dict[str, Any]:
+    """Everything a timing depends on beyond the code: what a cached time cap is keyed by."""
+    device = torch.device(device)
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": usable_cores(),
+        "cpu_set": _cpu_ranges(_cpu_set()),
+        "torch_threads": timing_threads(device),
+        "torch": torch.__version__,
+        "device_type": device.type,
+        "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def _cpu_set() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _cpu_ranges(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5', as /sys and taskset write CPU sets."""
+    parts, start = [], None
+    for i, cpu in enumerate(cpus):
+        if start is None:
+            start = cpu
+        if i + 1 == len(cpus) or cpus[i + 1] != cpu + 1:
+            parts.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(parts)
 
 
 def _cpu_model() -> str:

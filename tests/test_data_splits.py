@@ -155,3 +155,51 @@ def test_validate_splits_rejects_unknown_and_empty_splits():
         validate_splits(manifest(2, 1, split=["train", "forget"]))
     with pytest.raises(DataError, match="the forget set is empty"):
         validate_splits(manifest(2, 1, split=["retain", "test"]))
+
+
+# --- the private board's forget set ------------------------------------------------------------
+
+
+def _forgotten(out):
+    return set(out.loc[out["split"] == "forget", "image_id"])
+
+
+@pytest.mark.parametrize("forget", [
+    pytest.param(ForgetConfig(by="person", count=3), id="by-person-count"),
+    pytest.param(ForgetConfig(by="person", fraction=0.2), id="by-person-fraction"),
+    pytest.param(ForgetConfig(by="example", count=6), id="by-example"),
+])
+def test_assign_splits_private_board_forgets_a_disjoint_set_of_the_same_size(forget):
+    m = manifest(40, 1 if forget.by == "example" else 3)
+    public, _ = assign_splits(m, split=SplitConfig(), forget=forget)
+    private, notes = assign_splits(m, split=SplitConfig(), forget=forget, board="private")
+    assert not _forgotten(public) & _forgotten(private)
+    assert len(_forgotten(private)) == len(_forgotten(public))
+    train = lambda out: set(out.loc[out["split"].isin(["retain", "forget"]), "image_id"])  # noqa: E731
+    assert train(private) == train(public)  # same train/val/test: one original serves both boards
+    assert any("disjoint from the public forget set" in note for note in notes)
+    again, _ = assign_splits(m, split=SplitConfig(), forget=forget, board="private")
+    assert _forgotten(again) == _forgotten(private)
+
+
+@pytest.mark.parametrize("forget, what", [
+    pytest.param(ForgetConfig(by="person", count=3, first_k=True), "the first k persons", id="first-k"),
+    pytest.param(ForgetConfig(by="person"), "the layout's own", id="layout-forget-set"),
+])
+def test_assign_splits_private_board_refuses_a_forget_set_no_seed_redraws(forget, what):
+    split = np.array(["forget"] * 6 + ["train"] * 42 + ["val"] * 6 + ["test"] * 6, dtype=object)
+    with pytest.raises(DataError, match=f"public forget set is {what}.*set task.forget.private_index_file") as exc:
+        assign_splits(manifest(20, split=split), split=SplitConfig(), forget=forget, fixed=True, board="private")
+    assert "\n" not in str(exc.value)
+
+
+def test_assign_splits_private_index_file_must_miss_the_public_forget_set(tmp_path):
+    split = np.array(["forget"] * 6 + ["train"] * 42 + ["val"] * 6 + ["test"] * 6, dtype=object)
+    m = manifest(20, split=split)
+    (tmp_path / "private.txt").write_text("p05-0\np05-1\np05-2\n")
+    forget = ForgetConfig(by="person", private_index_file="private.txt")
+    out, _ = assign_splits(m, split=SplitConfig(), forget=forget, fixed=True, base_dir=tmp_path, board="private")
+    assert _forgotten(out) == {"p05-0", "p05-1", "p05-2"}
+    (tmp_path / "private.txt").write_text("p00-0\np05-0\n")
+    with pytest.raises(DataError, match=r"private_index_file private.txt lists 1 images of the public forget set \(e.g. 'p00-0'\)"):
+        assign_splits(m, split=SplitConfig(), forget=forget, fixed=True, base_dir=tmp_path, board="private")

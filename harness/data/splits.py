@@ -10,6 +10,7 @@ recorded in the manifest's split column: retain / forget / val / test.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from harness.errors import DataError
 
 DEFAULT_FORGET_FRACTION = 0.05  # of train persons (or examples) when neither count nor fraction is set
 _TRAIN = ("train", "retain", "forget")
+BOARDS = ("public", "private")
+PRIVATE_SEED_OFFSET = 1_000  # the private board draws its forget set with seed + this, as Kaggle used another seed
 
 
 def split_train_val_test(manifest: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
@@ -103,25 +106,27 @@ def _forget_size(cfg: ForgetConfig, available: int, *, kind: str) -> int:
     return k
 
 
-def _forget_from_file(train: pd.DataFrame, cfg: ForgetConfig, *, base_dir: Path | None) -> np.ndarray:
-    """A text file of image_ids (one a line) or a .npy of integer positions among the train rows."""
-    if cfg.index_file is None:
+def _forget_from_file(train: pd.DataFrame, cfg: ForgetConfig, *, base_dir: Path | None, key: str = "index_file") -> np.ndarray:
+    """A text file of image_ids (one a line) or a .npy of integer positions among the train rows;
+    `key` names the ForgetConfig field holding the path (index_file, private_index_file)."""
+    given = getattr(cfg, key)
+    if given is None:
         raise DataError("task.forget.by is 'index_file' but task.forget.index_file is not set; give the file's path")
-    path = Path(cfg.index_file).expanduser()
+    path = Path(given).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
     if not path.is_file():
-        raise DataError(f"task.forget.index_file {cfg.index_file} does not exist (looked in {base_dir or '.'}); fix the path")
+        raise DataError(f"task.forget.{key} {given} does not exist (looked in {base_dir or '.'}); fix the path")
     if path.suffix == ".npy":
         try:
             values = np.load(path, allow_pickle=False)
         except ValueError as exc:
-            raise DataError(f"task.forget.index_file {path}: not a plain .npy array ({exc})") from None
+            raise DataError(f"task.forget.{key} {path}: not a plain .npy array ({exc})") from None
         if values.dtype.kind in "iu":
             bad = values[(values < 0) | (values >= len(train))]
             if bad.size:
                 raise DataError(
-                    f"task.forget.index_file {path}: position {int(bad[0])} is outside the train split's "
+                    f"task.forget.{key} {path}: position {int(bad[0])} is outside the train split's "
                     f"{len(train)} rows; positions must index the train rows"
                 )
             mask = np.zeros(len(train), bool)
@@ -131,12 +136,12 @@ def _forget_from_file(train: pd.DataFrame, cfg: ForgetConfig, *, base_dir: Path 
     else:
         ids = [s.strip() for s in path.read_text().splitlines() if s.strip() and not s.startswith("#")]
     if not ids:
-        raise DataError(f"task.forget.index_file {path} lists no image ids; write one image_id per line")
+        raise DataError(f"task.forget.{key} {path} lists no image ids; write one image_id per line")
     known = set(train["image_id"])
     missing = [i for i in ids if i not in known]
     if missing:
         raise DataError(
-            f"task.forget.index_file {path}: {len(missing)} ids are not in the train split (e.g. {missing[0]!r}); "
+            f"task.forget.{key} {path}: {len(missing)} ids are not in the train split (e.g. {missing[0]!r}); "
             "the forget set must lie inside train"
         )
     return train["image_id"].isin(ids).to_numpy()
@@ -149,12 +154,16 @@ def assign_splits(
     forget: ForgetConfig,
     fixed: bool = False,
     base_dir: Path | None = None,
+    board: str = "public",
 ) -> tuple[pd.DataFrame, list[str]]:
     """A copy of `manifest` with split in retain/forget/val/test, and notes for the task description.
 
     `fixed`: the layout set the split column (train or retain/forget, val, test). Its forget rows
     stand unless the config asks for a forget set (count, fraction or an index file).
+    `board`: "private" forgets the private leaderboard's forget set (draw_private_forget) instead.
     """
+    if board not in BOARDS:
+        raise DataError(f"unknown leaderboard {board!r}; use one of {', '.join(BOARDS)}")
     out = manifest.copy()
     notes: list[str] = []
     if fixed:
@@ -178,8 +187,56 @@ def assign_splits(
         out.loc[train_mask, "split"] = np.where(mask, "forget", "retain")
         if preset.any():
             notes.append("forget set redrawn from train by task.forget")
+    if board == "private":
+        train = out.loc[train_mask].reset_index(drop=True)
+        public = (train["split"] == "forget").to_numpy()
+        private = draw_private_forget(train, public, forget, layout_forget=preset.any() and not forget_requested(forget),
+                                      base_dir=base_dir)
+        out.loc[train_mask, "split"] = np.where(private, "forget", "retain")
+        persons = train.loc[private, "person_id"].nunique()
+        notes.append(f"private forget set: {int(private.sum())} images of {persons} persons, disjoint from the public "
+                     f"forget set ({int(public.sum())} images, none shared)")
     validate_splits(out)
     return out, notes
+
+
+def draw_private_forget(train: pd.DataFrame, public: np.ndarray, cfg: ForgetConfig, *, layout_forget: bool,
+                        base_dir: Path | None = None) -> np.ndarray:
+    """The private leaderboard's forget set over `train`'s rows, disjoint from `public` by construction.
+
+    Read from task.forget.private_index_file when set (refused if it touches the public set), else
+    drawn by the public set's own rule from the train rows outside it, with another seed and as many
+    persons (or examples) as the public set. A public set no seed redraws (the layout's own, first_k,
+    an index file) gives no such rule: the private one must then come from a file, and the error says so.
+    """
+    key = "task.forget.private_index_file"
+    if cfg.private_index_file is not None:
+        mask = _forget_from_file(train, cfg, base_dir=base_dir, key="private_index_file")
+        shared = train.loc[mask & public, "image_id"].tolist()
+        if shared:
+            raise DataError(
+                f"{key} {cfg.private_index_file} lists {len(shared)} images of the public forget set (e.g. {shared[0]!r}); "
+                "the two boards' forget sets must be disjoint: list train images outside the public forget set"
+            )
+        return mask
+    fixed = ("the layout's own" if layout_forget else "the first k persons (first_k)" if cfg.first_k
+             else "read from task.forget.index_file" if cfg.by == "index_file" else None)
+    if fixed is not None:
+        raise DataError(
+            f"the private leaderboard needs a forget set disjoint from the public one, but the public forget set is "
+            f"{fixed}, which no seed redraws; set {key} to a file of image_ids (one a line) from the train split "
+            "outside the public forget set"
+        )
+    rest = np.flatnonzero(~public)
+    units = train.loc[public, "person_id"].nunique() if cfg.by == "person" else int(public.sum())
+    rule = replace(cfg, seed=cfg.seed + PRIVATE_SEED_OFFSET, count=cfg.count or units, fraction=None)
+    try:
+        drawn = draw_forget(train.iloc[rest].reset_index(drop=True), rule, base_dir=base_dir)
+    except DataError as exc:
+        raise DataError(f"private leaderboard, drawing outside the public forget set: {exc}") from None
+    mask = np.zeros(len(train), bool)
+    mask[rest[drawn]] = True
+    return mask
 
 
 def validate_splits(manifest: pd.DataFrame) -> None:

@@ -60,10 +60,11 @@ def split_counts(manifest: pd.DataFrame, *, test_split: str = "test") -> dict[st
     return out
 
 
-def build_task(cfg: TaskConfig, *, cache_dir: str | Path | None = None) -> Task:
+def build_task(cfg: TaskConfig, *, cache_dir: str | Path | None = None, board: str = "public") -> Task:
     """Read (or generate) the dataset, assign retain/forget/val/test, fingerprint it.
 
-    With `cache_dir`, the layout's output is kept as an .npz keyed by the dataset, path, options
+    `board` "private": the private leaderboard's task, whose forget set is disjoint from the public
+    one's (harness.data.splits.draw_private_forget); train, val and test are the same. With `cache_dir`, the layout's output is kept as an .npz keyed by the dataset, path, options
     and the files' sizes and times, so real layouts are decoded once.
     """
     data = _read_cached(cfg, cache_dir) if cache_dir is not None else read_layout(cfg.dataset, cfg.path, cfg.options)
@@ -72,7 +73,7 @@ def build_task(cfg: TaskConfig, *, cache_dir: str | Path | None = None) -> Task:
         base_dir = Path(cfg.path).expanduser()
         base_dir = base_dir.parent if base_dir.is_file() else base_dir
     manifest, notes = assign_splits(
-        data.manifest, split=cfg.split, forget=cfg.forget, fixed=data.fixed_split, base_dir=base_dir
+        data.manifest, split=cfg.split, forget=cfg.forget, fixed=data.fixed_split, base_dir=base_dir, board=board
     )
     manifest = manifest.loc[:, list(COLUMNS)].reset_index(drop=True)
     validate_manifest(manifest, images=data.images, num_classes=data.num_classes, where=f"dataset {cfg.dataset!r}")

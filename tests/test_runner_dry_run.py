@@ -1,0 +1,145 @@
+"""`unlearn dry-run` apart from the competition: its own store, runs keyed by all that changes them."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+
+from harness.config import load_config
+from harness.executors import make_executor
+from harness.models import build_model
+from harness.runner import DRY_RUNS_DIR, dry_run, run_competition
+from harness.store import Store
+
+TINY = Path(__file__).parent / "data" / "tiny.yaml"
+QUIET = {"progress": False, "log": lambda _: None}
+
+KAGGLE_STYLE = '''
+import torch
+from torch import nn, optim
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    """Dict batches (Kaggle): a little fine-tuning on retain."""
+    device = next(net.parameters()).device
+    opt = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    for batch in retain_loader:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(batch["image"].to(device)), batch["age_group"].to(device)).backward()
+        opt.step()
+'''
+TUPLES = '''
+BATCH_FORMAT = "tuple"
+def unlearning(net, retain, forget, validation):
+    for inputs, targets in retain:
+        pass
+    return net
+'''
+DO_NOTHING = "def unlearning(net, retain_loader, forget_loader, val_loader):\n    pass\n"
+RAISES = "def unlearning(net, retain_loader, forget_loader, val_loader):\n    raise RuntimeError('boom')\n"
+IMPORT_ERROR = "import a_module_that_does_not_exist\n"
+NO_FUNCTION = "x = 1\n"
+
+
+def tiny(tmp_path: Path, **overrides):
+    return load_config(TINY, overrides={"output.dir": str(tmp_path / "runs"), **overrides})
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def published(cfg) -> dict:
+    """Everything the competition publishes or keys on, byte for byte."""
+    store = Store(cfg.run_dir / "results.sqlite")
+    return {
+        "csv": (cfg.run_dir / "leaderboard_public.csv").read_text(),
+        "md": (cfg.run_dir / "leaderboard_public.md").read_text(),
+        "config_hash": store.competition().config_hash,
+        "teams": [(s.team, s.version, s.kind) for s in store.submissions()],
+        "runs": [(r.submission_id, r.run_index, r.recorded_at) for r in store.all_runs()],
+    }
+
+
+def test_a_dozen_dry_runs_leave_the_competition_exactly_as_it_was(tmp_path):
+    """Must show (issue 11): dry runs of assorted files and settings, then `unlearn run` in the same
+    folder gives exactly the leaderboard it gave before them. The dry runs' own store keeps every
+    setting apart, says when it serves stored runs, and --fresh runs them again."""
+    subs = tmp_path / "submissions"
+    write(subs / "team_a.py", KAGGLE_STYLE)
+    cfg = tiny(tmp_path)
+    run_competition(cfg, submissions_dir=subs, **QUIET)
+    before = published(cfg)
+
+    mine = write(tmp_path / "mine" / "mine.py", KAGGLE_STYLE)
+    files = {name: write(tmp_path / "mine" / f"{name}.py", text) for name, text in [
+        ("retrain", DO_NOTHING), ("team_a", RAISES), ("tuples", TUPLES), ("imports", IMPORT_ERROR),
+        ("nothing", NO_FUNCTION)]}
+    runs = [
+        ("first", mine, cfg, {}),
+        ("again", mine, cfg, {}),
+        ("tuple batches", mine, cfg, {"batch_format": "tuple"}),
+        ("another cap", mine, tiny(tmp_path, **{"time_cap.seconds": 30.0}), {}),
+        ("another forget set", mine, tiny(tmp_path, **{"task.forget.seed": 5}), {}),
+        ("no sandbox", mine, cfg, {"unsafe_no_sandbox": True}),
+        ("named like the oracle", files["retrain"], cfg, {}),
+        ("named like a competitor", files["team_a"], cfg, {}),
+        ("starting-kit style", files["tuples"], cfg, {}),
+        ("import error", files["imports"], cfg, {}),
+        ("no unlearning()", files["nothing"], cfg, {}),
+        ("fresh", mine, cfg, {"fresh": True}),
+    ]
+    said: dict[str, list[str]] = {}
+    records, recorded = {}, {}
+    dry_store = Store(cfg.run_dir / DRY_RUNS_DIR / "results.sqlite")
+    with make_executor(cfg.executor) as executor:  # one pool for all twelve: seconds, not minutes
+        for label, path, config, kwargs in runs:
+            said[label] = []
+            records[label] = dry_run(path, config, executor=executor, progress=False, log=said[label].append, **kwargs)
+            recorded[label] = sorted(r.recorded_at for r in dry_store.all_runs())
+
+    assert published(cfg) == before, "a dry run changed the competition's store or leaderboard"
+    run_competition(cfg, submissions_dir=subs, **QUIET)
+    assert published(cfg) == before
+
+    assert records["first"]["status"] == "ok" and records["first"]["stored_runs"] == 0
+    served = records["again"]
+    assert served["stored_runs"] == 4 and served["final_score"] == records["first"]["final_score"]
+    assert any("serving 4 of 4 runs stored" in line and "--fresh" in line for line in said["again"])
+    assert recorded["again"] == recorded["first"], "serving stored runs recorded runs"
+    assert records["tuple batches"]["status"] == "exception" and records["tuple batches"]["stored_runs"] == 0
+    assert records["another cap"]["stored_runs"] == 0 and records["another cap"]["time_cap_s"] == 30.0
+    assert records["another forget set"]["stored_runs"] == 0 and records["another forget set"]["status"] == "ok"
+    assert records["no sandbox"]["stored_runs"] == 0
+    assert records["named like the oracle"]["status"] == "ok"
+    assert records["named like a competitor"]["status"] == "exception"
+    assert records["import error"]["status"] == "import_error"
+    assert records["no unlearning()"]["status"] == "missing_function"
+    assert records["fresh"]["stored_runs"] == 0 and records["fresh"]["status"] == "ok"
+    assert len(recorded["fresh"]) == len(recorded["no unlearning()"]) and recorded["fresh"] != recorded["no unlearning()"]
+    keys = {label: r["key"] for label, r in records.items() if r["submission"] == str(mine)}
+    assert keys["first"] == keys["again"] == keys["fresh"]
+    assert len({keys[k] for k in ("first", "tuple batches", "another cap", "another forget set", "no sandbox")}) == 5
+    assert {r["store"] for r in records.values()} == {str(dry_store.path)}
+
+
+def test_dry_run_never_replays_runs_of_another_original_model(tmp_path):
+    """Another original_model.pth (same name, other bytes): the runs are run again against it."""
+    checkpoint = tmp_path / "original_model.pth"
+    model = build_model("small-cnn", num_classes=10, in_channels=3)
+    torch.save(model.state_dict(), checkpoint)
+    cfg = tiny(tmp_path, **{"model.checkpoint": str(checkpoint)})
+    path = write(tmp_path / "mine.py", KAGGLE_STYLE)
+    with make_executor(cfg.executor) as executor:
+        first = dry_run(path, cfg, executor=executor, **QUIET)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+        torch.save(model.state_dict(), checkpoint)
+        second = dry_run(path, cfg, executor=executor, **QUIET)
+    assert first["stored_runs"] == 0 and second["stored_runs"] == 0
+    assert first["key"] != second["key"]
+    assert len(Store(cfg.run_dir / DRY_RUNS_DIR / "results.sqlite").all_runs()) == 2 * 4
