@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         all_baselines=args.all_baselines,
         leaderboards=("public", "private") if args.private else ("public",),
         unsafe_no_sandbox=args.unsafe_no_sandbox,
+        rerun=tuple(getattr(args, "rerun", None) or ()),
         progress=not args.quiet,
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
     )
@@ -135,26 +136,21 @@ def cmd_references_export(args: argparse.Namespace) -> int:
 def cmd_references_import(args: argparse.Namespace) -> int:
     from harness.references import import_references
 
+    from harness.lock import writer_lock
+
     cfg = _config(args)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else cfg.run_dir / "cache"
-    key = import_references(args.file, cache_dir)
+    with writer_lock(cfg.run_dir):  # the competition's cache: not while another command writes it
+        key = import_references(args.file, cache_dir)
     print(f"imported references {key} into {cache_dir}")
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import build_leaderboard, format_leaderboard, write_leaderboard
-    from harness.store import Store
+    from harness.leaderboard import format_leaderboard, publish_leaderboard
 
-    run_dir = Path(args.run_dir)
-    db = run_dir / "results.sqlite"
-    if not db.is_file():
-        raise HarnessError(f"no results store at {db}; pass the run folder of a competition (runs/<name>)")
-    store = Store(db)
-    if args.reveal_private:
-        store.reveal_private()
-    write_leaderboard(store, run_dir, reveal_private=args.reveal_private, publish_logs=args.publish_logs)
-    print(format_leaderboard(build_leaderboard(store, leaderboard="private" if args.reveal_private else "public")))
+    table = publish_leaderboard(args.run_dir, reveal_private=args.reveal_private, publish_logs=args.publish_logs)
+    print(format_leaderboard(table))
     return 0
 
 
@@ -162,7 +158,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from harness.rescore import rescore
 
     run_dir = Path(args.run_dir)
-    n = rescore(run_dir)
+    n = rescore(run_dir, log=print)
     print(f"rescored {n} submissions in {run_dir}")
     return 0
 
@@ -201,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submissions", help="folder of submission files (config: submissions.dir)")
     p.add_argument("--all-baselines", action="store_true", help="score every baseline, not only the config's")
     p.add_argument("--private", action="store_true", help="also score the private leaderboard")
+    p.add_argument("--rerun", action="append", metavar="TEAM",
+                   help="run this entry's stored runs again on purpose (the old rows are kept as superseded); repeatable")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import ctypes
 import hashlib
 import importlib
 import itertools
@@ -267,7 +268,7 @@ class LocalExecutor(Executor):
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_local_worker,
-                initargs=(self.threads, fn.__module__),
+                initargs=(self.threads, fn.__module__, os.getpid()),
             )
             # Start every worker with the pool, as CPython does for fork pools "so that their
             # sentinels are known": a spawn pool adds workers on demand, and one added after its
@@ -292,11 +293,29 @@ class LocalExecutor(Executor):
 _worker_threads = 1  # this pool worker's torch threads, set by _init_local_worker
 
 
-def _init_local_worker(threads: int, module: str) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_local_worker(threads: int, module: str, driver_pid: int) -> None:
     global _worker_threads
+    _die_with_driver(driver_pid)
     _worker_threads = threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it when a unit first imports torch
     importlib.import_module(module)  # the units' code (and torch) load now, while the pool starts
+
+
+def _die_with_driver(driver_pid: int) -> None:
+    """A pool worker gets SIGKILL when its driver dies, however it dies (SIGKILL included), rather than
+    blocking forever reparented to init (seen: ~830 MB each); its sandboxed worker (bubblewrap's
+    --die-with-parent) goes with it. The kernel sends the signal when the thread that started the
+    worker ends: the pool starts its workers in the thread that submits (`_ensure_pool`), so call
+    `submit_all` from a thread that lives as long as the executor (the runner's main thread does)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != driver_pid:  # the driver died before the signal was armed
+        os._exit(1)
 
 
 def _run_local(fn: Callable[[Any], Any], unit: Any, marker: str) -> Any:

@@ -33,6 +33,7 @@ rebuilt as a whole on each call, so it never keeps pages from an earlier state.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
 import os
@@ -46,6 +47,8 @@ import pandas as pd
 from harness import report_plots
 from harness.errors import HarnessError
 from harness.statuses import STATUS_DOCS, Status
+from harness.lock import writer_lock
+from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.store import LEADERBOARDS, Store, SubmissionRecord
 
 COLUMNS = (
@@ -69,6 +72,7 @@ COLUMNS = (
     "time_cap_s",
     "n_ok",
     "n_runs",
+    "old_protocol",
     "status",
     "reason",
     "submission_id",
@@ -94,6 +98,7 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
     subs = store.submissions(latest_only=not all_versions)
     scores = {s.submission_id: s for s in store.scores(leaderboard=leaderboard)}
     counts = store.run_counts(leaderboard=leaderboard)
+    old_protocol = store.old_protocol_entries(leaderboard)
     rows = []
     for sub in subs:
         score = scores.get(sub.id)
@@ -109,6 +114,7 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
                 if key not in ("rank", "team", "name", "version", "kind", "flag", "submission_id") and hasattr(score, key):
                     row[key] = getattr(score, key)
             row["status"] = score.status.value
+            row["old_protocol"] = old_protocol.get(sub.id)  # its score rests on runs of this older run protocol
         ok = score is not None and score.status is Status.OK and _finite(score.final_score)
         if sub.exempt:
             group = _GROUP_CALIBRATION
@@ -175,6 +181,21 @@ def write_leaderboard(
     return written
 
 
+def publish_leaderboard(run_dir: str | Path, *, reveal_private: bool = False, publish_logs: bool = False) -> pd.DataFrame:
+    """`unlearn leaderboard`: rebuild a run folder's boards from its store; revealing the private
+    board writes the store, so it holds the folder's writer lock. Returns the board shown."""
+    run_dir = Path(run_dir)
+    db = run_dir / "results.sqlite"
+    if not db.is_file():
+        raise HarnessError(f"no results store at {db}; pass the run folder of a competition (runs/<name>)")
+    lock = writer_lock(run_dir) if reveal_private else contextlib.nullcontext()
+    with lock, Store(db, create=False) as store:
+        if reveal_private:
+            store.reveal_private()
+        write_leaderboard(store, run_dir, reveal_private=reveal_private, publish_logs=publish_logs)
+        return build_leaderboard(store, leaderboard="private" if reveal_private else "public")
+
+
 def _write_text(path: Path, text: str) -> None:
     """Replace a file whole, so a reader never sees half a leaderboard."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -210,6 +231,7 @@ _MD_COLUMNS = (
     "median_run_s",
     "worst_run_s",
     "time_cap_s",
+    "old_protocol",
     "status",
     "reason",
 )
@@ -221,6 +243,11 @@ def _markdown(df: pd.DataFrame, *, leaderboard: str, info: Any) -> str:
     lines += [
         f"- final score: {'higher' if higher_is_better() else 'lower'} is better; "
         f"rows flagged '{CALIBRATION}' are the retrain oracle (the best to expect at this N), never ranked",
+    ]
+    if df["old_protocol"].notna().any():
+        lines.append(f"- a number under old_protocol: that score rests on runs of an older run protocol "
+                     f"(now {PROTOCOL_VERSION}); `unlearn run` runs them again")
+    lines += [
         "",
     ]
     lines.append("| " + " | ".join(_MD_COLUMNS) + " |")

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from harness import __version__
@@ -29,12 +28,13 @@ from harness.data.loaders import class_weights as compute_class_weights
 from harness.data.task import Task, build_task
 from harness.errors import HarnessError, SubmissionError
 from harness.executors import Executor, UnitFailure, borrowed, make_executor
+from harness.lock import writer_lock
 from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
 from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.scoring import METRIC_VERSION, Score, reference_noise_floor, score_run_records
+from harness.scoring import METRIC_VERSION, Score, record_entry_score, reference_noise_floor
 from harness.statuses import Status
 from harness.store import Store, file_version
 from harness.timing import Timings
@@ -350,10 +350,12 @@ def score_entries(
     each entry scored once all its units are back; results in the order of `entries`.
 
     An entry with a failed run is not run again (its failure is its result), except for runs the
-    sandbox itself failed (sandbox_error), which run again; one whose unit was lost to the
+    sandbox itself failed (sandbox_error) and runs stored under an older run protocol
+    (PROTOCOL_VERSION), which run again (the latter with a note); one whose unit was lost to the
     infrastructure or raised gets a failed score and no run rows, so a rerun retries exactly the
-    missing runs. The sandboxed entries whose teams are in `rerun` run all their runs again, each
-    stored run replaced (a dry run's --fresh).
+    missing runs. The teams in `rerun` run all their runs again, on purpose (`unlearn run --rerun
+    TEAM`, a dry run's --fresh). Every replaced run is kept in the store's `superseded_runs` with
+    why it was replaced.
     """
     timings = timings or Timings()
     results: dict[int, EntryResult] = {}
@@ -361,16 +363,15 @@ def score_entries(
     for position, entry in enumerate(entries):
         try:
             sub_id = store.add_submission(entry.path, team=entry.team, kind=entry.kind, exempt=entry.exempt)
-            stored = store.runs(sub_id, prep.leaderboard)
-            # a sandbox_error is the harness's failure, not the submission's: such runs run again
-            retry = {r["run_index"] for r in stored if r["status"] == Status.SANDBOX_ERROR.value}
-            failed_before = [r for r in stored if r["status"] not in (Status.OK.value, Status.SANDBOX_ERROR.value)]
-            have = {r["run_index"] for r in stored}
-            if entry.team in rerun and entry.kind != "oracle":
-                retry, failed_before = set(have), []
+            retry, note = _runs_to_redo(store, entry, sub_id, prep.leaderboard, n_runs=n_runs, rerun=entry.team in rerun)
+            stored = [r for r in store.runs(sub_id, prep.leaderboard) if r.run_index < n_runs]
+            failed_before = [r for r in stored if r.run_index not in retry and r.status is not Status.OK]
+            have = {r.run_index for r in stored}
             todo = [i for i in range(n_runs) if i in retry or i not in have]
+            if note and not failed_before:
+                log(note)
             if todo and not failed_before and entry.kind == "oracle":
-                _oracle_runs(prep, store, sub_id, n_runs, executor=executor, timings=timings, progress=progress)
+                _oracle_runs(prep, store, sub_id, todo, retry, executor=executor, timings=timings, progress=progress)
             elif todo and not failed_before:
                 plans[position] = _Plan(entry, sub_id, todo, retry)
                 continue
@@ -428,7 +429,29 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
     timings.merge(outcome["timings"])
     with timings.measure("store"):
         for run in outcome["runs"]:
-            store.record_run(plan.sub_id, leaderboard=prep.leaderboard, replace=run["run_index"] in plan.retry, **run)
+            index = run["run_index"]
+            store.record_run(plan.sub_id, leaderboard=prep.leaderboard, replace=index in plan.retry,
+                             cause=plan.retry.get(index, "replaced"), **run)
+
+
+def _runs_to_redo(store: Store, entry: Entry, sub_id: int, leaderboard: str, *, n_runs: int,
+                  rerun: bool) -> tuple[dict[int, str], str | None]:
+    """Stored runs (of the first n_runs) that run again, each with why, and a one-line note to
+    print: a sandbox_error (the harness's failure, silently), an older run protocol (timed
+    otherwise: never resumed silently), or a rerun the organizer asked for."""
+    stored = [r for r in store.runs(sub_id, leaderboard) if r.run_index < n_runs]
+    name = f"{entry.team} ({entry.kind}, {leaderboard})"
+    if rerun:
+        note = f"{name}: running its {len(stored)} stored run(s) again, as asked (--rerun); the old rows are kept as superseded"
+        return {r.run_index: f"rerun asked for (--rerun {entry.team})" for r in stored}, note if stored else None
+    redo = {r.run_index: "sandbox_error: the harness's failure, run again" for r in stored if r.status is Status.SANDBOX_ERROR}
+    old = [r for r in stored if r.protocol < PROTOCOL_VERSION]
+    if not old:
+        return redo, None
+    redo.update({r.run_index: f"run protocol {r.protocol} < {PROTOCOL_VERSION}: run again" for r in old})
+    note = (f"{name}: {len(old)} stored run(s) were run under run protocol {min(r.protocol for r in old)} "
+            f"(now {PROTOCOL_VERSION}), so they are not resumed: running them again")
+    return redo, note
 
 
 @dataclass
@@ -438,7 +461,7 @@ class _Plan:
     entry: Entry
     sub_id: int
     todo: list[int]
-    retry: set[int]  # stored as sandbox_error: re-recorded in place
+    retry: dict[int, str]  # stored runs re-recorded in place -> why (superseded_runs.cause)
     pending: int = 0
     failure: tuple[Status, str] | None = None
     timings: list[dict] = field(default_factory=list)
@@ -494,8 +517,8 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
     return units
 
 
-def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, executor: Executor, timings: Timings,
-                 progress: bool) -> None:
+def _oracle_runs(prep: Prepared, store: Store, sub_id: int, todo: list[int], retry: dict[int, str], *,
+                 executor: Executor, timings: Timings, progress: bool) -> None:
     """The retrain oracle: a second, independent set of models retrained on retain by the harness.
 
     Trained by the config's own recipe (trusted code, no sandbox), so it matches the references
@@ -503,19 +526,17 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, *, exec
     """
     cfg = prep.cfg
     seed = cfg.references.seed + ORACLE_SEED_OFFSET + (0 if prep.leaderboard == "public" else 500_000)
-    refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
+    refs_cfg = replace(cfg.references, n_models=cfg.submissions.n_runs, seed=seed, solo_first=0)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
                               device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor,
                               timings=timings)
-    done = store.finished_runs(sub_id, prep.leaderboard)
-    for i in range(n_runs):
-        if i in done:
-            continue
+    for i in todo:
         store.record_run(sub_id, leaderboard=prep.leaderboard, run_index=i, seed=int(oracle.seeds[i]), status=Status.OK.value,
                          reason="", seconds=float(oracle.train_seconds[i]), peak_mem_mb=None, log="",
                          retain_acc=float(oracle.retain_acc[i]), test_acc=float(oracle.test_acc[i]),
-                         forget_acc=float(oracle.forget_acc[i]), confs=oracle.confs[i])
+                         forget_acc=float(oracle.forget_acc[i]), confs=oracle.confs[i],
+                         replace=i in retry, cause=retry.get(i, "replaced"))
 
 
 def _failed_entry(prep: Prepared, entry: Entry, store: Store, status: Status, reason: str) -> EntryResult:
@@ -535,28 +556,13 @@ def _span(indices: tuple[int, ...]) -> str:
 
 
 def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int, timings: Timings) -> EntryResult:
-    with timings.measure("store"):
-        rows = sorted(store.runs(sub_id, prep.leaderboard), key=lambda r: r["run_index"])[:n_runs]
-    times = [float(r["seconds"]) for r in rows if r["seconds"] is not None]
-    failed = [r for r in rows if r["status"] != Status.OK.value]
-    cap = None if entry.exempt else prep.time_cap_s
-    common = {"median_run_s": float(np.median(times)) if times else None, "worst_run_s": max(times) if times else None, "time_cap_s": cap}
-    if failed or len(rows) < n_runs:
-        first = failed[0] if failed else None
-        status = first["status"] if first else Status.WORKER_DIED.value
-        reason = (f"run {first['run_index']}: {first['reason']}" if first else f"only {len(rows)} of {n_runs} runs came back")
-        with timings.measure("store"):
-            store.record_score(sub_id, leaderboard=prep.leaderboard, status=status, reason=reason,
-                               metric_version=METRIC_VERSION, n_runs=n_runs, n_ok=len(rows) - len(failed), **common)
-        return EntryResult(entry, sub_id, status, reason, None, times)
-    with timings.measure("store"):
-        confs = np.stack([store.load_confs(r) for r in rows])
-    with timings.measure("metric"):
-        score = score_run_records(rows, confs, prep.references.confs, prep.references, noise_floor=prep.noise_floor)
-    with timings.measure("store"):
-        store.record_score(sub_id, leaderboard=prep.leaderboard, status=Status.OK.value, reason="",
-                           metric_version=METRIC_VERSION, score=score, n_runs=n_runs, n_ok=len(rows), **common)
-    return EntryResult(entry, sub_id, Status.OK.value, None, score, times)
+    """Score the entry on the runs `rescore` uses too (harness.scoring.record_entry_score)."""
+    status, reason, score, times = record_entry_score(
+        store, sub_id, leaderboard=prep.leaderboard, n_runs=n_runs, references=prep.references,
+        reference_confs=prep.references.confs, noise_floor=prep.noise_floor,
+        time_cap_s=None if entry.exempt else prep.time_cap_s, timings=timings,
+    )
+    return EntryResult(entry, sub_id, status, reason, score, times)
 
 
 def open_store(cfg: Config, *, allow_change: bool = False) -> Store:
@@ -576,12 +582,14 @@ def run_competition(
     all_baselines: bool = False,
     leaderboards: tuple[str, ...] = ("public",),
     unsafe_no_sandbox: bool = False,
+    rerun: tuple[str, ...] = (),
     timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ):
     """Score every entry on every leaderboard, then write the leaderboards. Returns the public table.
-    `timings` collects where the time went (harness.timing)."""
+    `rerun` names teams whose stored runs run again on purpose. The run folder's writer lock is
+    held throughout. `timings` collects where the time went (harness.timing)."""
     timings = timings or Timings()
     from harness.leaderboard import build_leaderboard, write_leaderboard
 
@@ -590,26 +598,39 @@ def run_competition(
     for left in remove_stale(backend):
         log(f"removed {left}, left by a runner that was killed")
     entries = discover_entries(cfg, submissions_dir=submissions_dir, baselines=baselines, all_baselines=all_baselines)
-    with timings.measure("task"):  # every board's forget set before anything is trained or stored
-        tasks = {leaderboard: board_task(cfg, leaderboard) for leaderboard in leaderboards}
-    overlap = forget_overlap(tasks["public"], tasks["private"]) if {"public", "private"} <= set(tasks) else None
-    if overlap:
-        log(f"forget sets: public {overlap['public']} images, private {overlap['private']} images, disjoint (none shared)")
-    store = open_store(cfg)
-    if overlap:
-        store.set_meta(forget_sets=overlap)
-    with make_executor(cfg.executor) as executor:
-        base = None
-        for leaderboard in leaderboards:
-            prep = prepare(cfg, leaderboard=leaderboard, executor=executor, timings=timings, progress=progress, log=log,
-                           task=tasks[leaderboard], base=base)
-            base = base or prep
-            with timings.measure("store"):
-                _record_prepared(store, prep)
-            score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
-                          timings=timings, progress=progress, log=log)
-    write_leaderboard(store, cfg.run_dir, publish_logs=cfg.leaderboard.publish_logs)
-    return build_leaderboard(store, leaderboard="public")
+    _check_rerun(rerun, entries)
+    with writer_lock(cfg.run_dir):
+        with timings.measure("task"):  # every board's forget set before anything is trained or stored
+            tasks = {leaderboard: board_task(cfg, leaderboard) for leaderboard in leaderboards}
+        overlap = forget_overlap(tasks["public"], tasks["private"]) if {"public", "private"} <= set(tasks) else None
+        if overlap:
+            log(f"forget sets: public {overlap['public']} images, private {overlap['private']} images, disjoint (none shared)")
+        store = open_store(cfg)
+        if overlap:
+            store.set_meta(forget_sets=overlap)
+        with make_executor(cfg.executor) as executor:
+            base = None
+            for leaderboard in leaderboards:
+                prep = prepare(cfg, leaderboard=leaderboard, executor=executor, timings=timings, progress=progress, log=log,
+                               task=tasks[leaderboard], base=base)
+                base = base or prep
+                with timings.measure("store"):
+                    _record_prepared(store, prep)
+                score_entries(prep, entries, store, executor=executor, n_runs=cfg.submissions.n_runs, backend=backend,
+                              rerun=frozenset(rerun), timings=timings, progress=progress, log=log)
+        write_leaderboard(store, cfg.run_dir, publish_logs=cfg.leaderboard.publish_logs)
+        return build_leaderboard(store, leaderboard="public")
+
+
+def _check_rerun(rerun: tuple[str, ...], entries: list[Entry]) -> None:
+    import difflib
+
+    teams = [e.team for e in entries]
+    for team in rerun:
+        if team not in teams:
+            close = difflib.get_close_matches(team, teams, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise HarnessError(f"--rerun {team!r}: no such entry in this competition; {hint}entries: {', '.join(teams)}")
 
 
 def _record_prepared(store: Store, prep: Prepared) -> None:
@@ -667,7 +688,7 @@ def dry_run(
     check_sizes(cfg)
     n_runs = cfg.submissions.n_runs
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=True)
-    with borrowed(executor, cfg.executor) as executor:
+    with writer_lock(cfg.run_dir / DRY_RUNS_DIR), borrowed(executor, cfg.executor) as executor:  # its own store's writer
         prep = prepare(cfg, executor=executor, progress=progress, log=log)
         settings = dry_run_settings(prep, path, backend=backend, batch_format=batch_format,
                                     threads=executor.unit_threads(executor.default_resources(prep.device)))

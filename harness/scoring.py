@@ -1,16 +1,20 @@
 """From per-run measurements to one score: the metric applied to a submission's runs.
 
-Pure: arrays in, a `Score` out. The runner calls it after a submission's runs; `rescore`
-calls it again from stored confidences after a metric fix.
+`score_runs` is pure: arrays in, a `Score` out. `select_runs` picks the runs a score rests on,
+and `record_entry_score` scores an entry from the store with them: the runner calls it after a
+submission's runs, `rescore` again from stored confidences after a metric fix, so the two use
+the same runs and give the same score.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from harness import metric
+from harness.statuses import Status
 
 METRIC_VERSION = 1  # bump when the metric's numbers change, so stored scores can be told apart
 
@@ -104,3 +108,60 @@ def reference_noise_floor(retrained_confs: np.ndarray) -> float | None:
     if n < 4:  # below 4 models a side the metric has no bucket beyond the first
         return None
     return float(metric.noise_floor(retrained_confs[:n], retrained_confs[n : 2 * n]))
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """The runs a score rests on: run indices 0..n_runs-1, whatever else is stored."""
+
+    runs: list  # run records, by run index
+    failed: list  # those whose status is not ok
+    missing: list[int]  # indices below n_runs with no stored run
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.missing
+
+
+def select_runs(runs, n_runs: int) -> RunSelection:
+    """Every entry is scored on the same run indices (the same seeds): 0..n_runs-1. Runs beyond
+    them (an earlier, larger n_runs) are kept in the store and never scored."""
+    chosen = sorted((r for r in runs if r["run_index"] < n_runs), key=lambda r: r["run_index"])
+    have = {r["run_index"] for r in chosen}
+    return RunSelection(
+        runs=chosen,
+        failed=[r for r in chosen if r["status"] != Status.OK.value],
+        missing=[i for i in range(n_runs) if i not in have],
+    )
+
+
+def record_entry_score(store, submission_id: int, *, leaderboard: str, n_runs: int, references: Any,
+                       reference_confs: np.ndarray, noise_floor: float | None, time_cap_s: float | None,
+                       timings: Any = None) -> tuple[str, str | None, Score | None, list[float]]:
+    """Score an entry from its stored runs (`select_runs`) and record the score; a failed or
+    missing run is the entry's failure. Returns (status, reason, score or None, run times)."""
+    import contextlib
+
+    measure = timings.measure if timings is not None else (lambda part: contextlib.nullcontext())
+    with measure("store"):
+        chosen = select_runs(store.runs(submission_id, leaderboard), n_runs)
+    times = [float(r["seconds"]) for r in chosen.runs if r["seconds"] is not None]
+    common = {"median_run_s": float(np.median(times)) if times else None, "worst_run_s": max(times) if times else None,
+              "time_cap_s": time_cap_s, "metric_version": METRIC_VERSION, "n_runs": n_runs}
+    if not chosen.complete:
+        first = chosen.failed[0] if chosen.failed else None
+        status = Status.parse(first["status"]).value if first else Status.WORKER_DIED.value
+        have = len(chosen.runs)
+        reason = f"run {first['run_index']}: {first['reason']}" if first else f"only {have} of {n_runs} runs came back"
+        with measure("store"):
+            store.record_score(submission_id, leaderboard=leaderboard, status=status, reason=reason,
+                               n_ok=have - len(chosen.failed), **common)
+        return status, reason, None, times
+    with measure("store"):
+        confs = np.stack([store.load_confs(r) for r in chosen.runs])
+    with measure("metric"):
+        score = score_run_records(chosen.runs, confs, reference_confs, references, noise_floor=noise_floor)
+    with measure("store"):
+        store.record_score(submission_id, leaderboard=leaderboard, status=Status.OK.value, reason="", score=score,
+                           n_ok=len(chosen.runs), **common)
+    return Status.OK.value, None, score, times

@@ -22,6 +22,21 @@ Resume and idempotence:
   stored raises `DuplicateRunError` unless `replace=True` (for a deliberate re-run, e.g. after a
   `worker_died`). A resumed runner asks `finished_runs(...)` and runs only what is missing.
 - `record_score` and `record_references` overwrite (rescoring replaces scores only; runs stay).
+- A replaced run is kept as history: `record_run(..., replace=True, cause=...)` moves the old row
+  (without its confidences file) to `superseded_runs` with why it was replaced (a sandbox_error run
+  again, a run of an older run protocol, a rerun an organizer asked for).
+- Each run stores the run protocol (`harness.sandbox.protocol.PROTOCOL_VERSION`) it was executed
+  and timed under; rows written before the protocol was recorded are protocol 1.
+- `extras` holds per-entry diagnostics by (submission, leaderboard, name) as JSON: later features
+  add names there without a schema change (`put_extra`, `get_extra`, `extras`); rescoring keeps them.
+
+Schema versions: a store records its schema version in `meta`. Every schema change bumps
+SCHEMA_VERSION and adds a migration to `MIGRATIONS` (from version v to v + 1). Opening an older
+store migrates it in place, in one transaction (all steps or none); a new store is the first
+schema with every migration applied, so new and migrated stores are the same.
+
+A file that is not a results store (empty, truncated or damaged, another SQLite database, other
+bytes) is refused with `NotAStoreError` before anything is written to it or from it.
 
 What the runner calls, in order::
 
@@ -60,16 +75,18 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.statuses import Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEADERBOARDS = ("public", "private")
 KINDS = ("submission", "baseline", "oracle")
 DEFAULT_LOG_CAP = 64 * 1024  # characters of a run's log kept in the database
 ARRAYS_DIR = "arrays"
 
 _STATUS_SQL = ", ".join(f"'{s.value}'" for s in Status)
-_SCHEMA = f"""
+# The first schema; MIGRATIONS take it to SCHEMA_VERSION (a new store is made the same way).
+_SCHEMA_V1 = f"""
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -147,9 +164,59 @@ CREATE TABLE scores (
 CREATE INDEX runs_by_submission ON runs (submission_id, leaderboard, status);
 """
 
+_V1_TO_V2 = f"""
+ALTER TABLE runs ADD COLUMN protocol INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE superseded_runs (
+    id INTEGER PRIMARY KEY,
+    submission_id INTEGER NOT NULL REFERENCES submissions (id),
+    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
+    run_index INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
+    reason TEXT NOT NULL,
+    seconds REAL,
+    peak_mem_mb REAL,
+    log TEXT NOT NULL,
+    retain_acc REAL,
+    test_acc REAL,
+    forget_acc REAL,
+    protocol INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL,
+    superseded_at TEXT NOT NULL,
+    cause TEXT NOT NULL
+);
+CREATE INDEX superseded_by_submission ON superseded_runs (submission_id, leaderboard, run_index);
+CREATE TABLE extras (
+    submission_id INTEGER NOT NULL REFERENCES submissions (id),
+    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (submission_id, leaderboard, name)
+);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+# MIGRATIONS[v] takes a store from schema v to v + 1 (SQL statements, run in the caller's
+# transaction). Version 2: each run's protocol (rows before it are protocol 1), superseded runs
+# kept as history, and per-entry extras.
+MIGRATIONS: dict[int, list[str]] = {
+    1: _statements(_V1_TO_V2),
+}
+if sorted(MIGRATIONS) != list(range(1, SCHEMA_VERSION)):
+    raise RuntimeError(f"harness.store: MIGRATIONS must take every schema 1..{SCHEMA_VERSION - 1} one step up")
+
 
 class DuplicateRunError(HarnessError):
     """A run that is already stored was recorded again without `replace=True`."""
+
+
+class NotAStoreError(HarnessError):
+    """The file is not a results store (empty, damaged, foreign): nothing is read from or written to it."""
 
 
 class _Record:
@@ -191,6 +258,30 @@ class RunRecord(_Record):
     forget_acc: float | None
     confs_file: str | None  # relative to the store's directory
     recorded_at: str
+    protocol: int  # the run protocol it was executed and timed under (harness.sandbox.protocol)
+
+
+@dataclass(frozen=True)
+class SupersededRun(_Record):
+    """A run row replaced by a newer one, kept as history (its confidences are not kept)."""
+
+    id: int  # its id in `runs` when it was current
+    submission_id: int
+    leaderboard: str
+    run_index: int
+    seed: int
+    status: Status
+    reason: str
+    seconds: float | None
+    peak_mem_mb: float | None
+    log: str
+    retain_acc: float | None
+    test_acc: float | None
+    forget_acc: float | None
+    protocol: int
+    recorded_at: str
+    superseded_at: str
+    cause: str  # why it was replaced, one line
 
 
 @dataclass(frozen=True)
@@ -265,17 +356,22 @@ class Store:
             raise HarnessError(
                 f"results store {self.path} does not exist; run the competition first or pass its run directory"
             )
+        if self.path.exists():
+            _check_store_file(self.path)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        existed = self.path.exists()
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
         try:
+            if existed:
+                self._check_integrity()
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise HarnessError(f"{self.path} is not a results store ({exc}); pass a results.sqlite file") from None
+            raise _not_a_store(self.path, f"SQLite says: {exc}") from None
         except BaseException:
             self._conn.close()
             raise
@@ -295,32 +391,48 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
+    def _check_integrity(self) -> None:
+        """A damaged or truncated file fails here, before anything is written to it."""
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise _not_a_store(self.path, f"damaged or truncated: {problems[0]}")
+
     def _init_schema(self) -> None:
         with self._write() as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "meta" not in tables:
                 if tables - {"sqlite_sequence"}:
-                    raise HarnessError(
-                        f"{self.path} is an SQLite file but not a results store (no 'meta' table); pass a results.sqlite file"
-                    )
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                self._put_meta(conn, "schema_version", SCHEMA_VERSION)
+                    raise _not_a_store(self.path, f"an SQLite database with other tables ({', '.join(sorted(tables))})")
+                for statement in _statements(_SCHEMA_V1):
+                    conn.execute(statement)
+                self._put_meta(conn, "schema_version", 1)
                 self._put_meta(conn, "created_at", _now())
                 self._put_meta(conn, "private_revealed", False)
+                self._migrate(conn, record=False)
                 return
-        version = self.get_meta("schema_version")
-        if not isinstance(version, int):
-            raise HarnessError(f"{self.path} has no schema version in its 'meta' table; pass a results.sqlite file")
+            self._migrate(conn, record=True)
+
+    def _migrate(self, conn: sqlite3.Connection, *, record: bool) -> None:
+        """Bring the schema to SCHEMA_VERSION, inside the caller's transaction (all steps or none)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = json.loads(row[0]) if row is not None else None
+        if not isinstance(version, int) or version < 1:
+            raise _not_a_store(self.path, "its 'meta' table has no schema version")
         if version > SCHEMA_VERSION:
             raise HarnessError(
                 f"{self.path} was written by a newer harness (schema {version} > {SCHEMA_VERSION}); upgrade the harness"
             )
-        if version < SCHEMA_VERSION:
-            raise HarnessError(
-                f"{self.path} has schema {version} < {SCHEMA_VERSION} and no migration exists; rerun into a new directory"
-            )
+        if version == SCHEMA_VERSION:
+            return
+        history = json.loads((conn.execute("SELECT value FROM meta WHERE key = 'migrations'").fetchone() or ["[]"])[0])
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+            if record:
+                history.append({"from": step, "to": step + 1, "at": _now()})
+        self._put_meta(conn, "schema_version", SCHEMA_VERSION)
+        if record:
+            self._put_meta(conn, "migrations", history)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -520,11 +632,14 @@ class Store:
         test_acc: float | None = None,
         forget_acc: float | None = None,
         confs: np.ndarray | None = None,
+        protocol: int = PROTOCOL_VERSION,
         replace: bool = False,
+        cause: str = "replaced",
     ) -> int:
         """Commit one finished run (its forget-set confidences [S] file first).
 
-        An ok run needs `confs` and the three accuracies; a failed run may have neither.
+        An ok run needs `confs` and the three accuracies; a failed run may have neither. With
+        `replace=True` a stored run of that index moves to `superseded_runs`, with `cause`.
         """
         _check_choice("leaderboard", leaderboard, LEADERBOARDS)
         status = Status.parse(status)
@@ -550,13 +665,19 @@ class Store:
                         f"run {run_index} of submission {submission_id} on the {leaderboard} leaderboard is already stored; "
                         "skip runs listed by finished_runs(), or pass replace=True to re-record it"
                     )
+                conn.execute(
+                    f"INSERT INTO superseded_runs ({_SUPERSEDED_COLUMNS}, superseded_at, cause)"
+                    f" SELECT {_SUPERSEDED_COLUMNS}, ?, ? FROM runs WHERE id = ?",
+                    (_now(), _one_line(cause), old[0]),
+                )
                 conn.execute("DELETE FROM runs WHERE id = ?", (old[0],))
                 if old[1]:
                     self._old_files.append(old[1])
             try:
                 cur = conn.execute(
                     "INSERT INTO runs (submission_id, leaderboard, run_index, seed, status, reason, seconds, peak_mem_mb,"
-                    " log, retain_acc, test_acc, forget_acc, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " log, retain_acc, test_acc, forget_acc, recorded_at, protocol)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         int(submission_id),
                         leaderboard,
@@ -571,6 +692,7 @@ class Store:
                         _num(test_acc),
                         _num(forget_acc),
                         _now(),
+                        int(protocol),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -647,6 +769,69 @@ class Store:
                 f"{sorted(sizes)}; the forget set changed between runs: re-record them with replace=True"
             )
         return index, np.stack(arrays)
+
+    def superseded_runs(self, submission_id: int | None = None, leaderboard: str | None = None) -> list[SupersededRun]:
+        """Replaced run rows (all, or one submission's, on one board or both), oldest first."""
+        where, params = [], []
+        if submission_id is not None:
+            where.append("submission_id = ?")
+            params.append(int(submission_id))
+        if leaderboard is not None:
+            _check_choice("leaderboard", leaderboard, LEADERBOARDS)
+            where.append("leaderboard = ?")
+            params.append(leaderboard)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(f"SELECT * FROM superseded_runs {clause} ORDER BY superseded_at, id", params)
+        return [SupersededRun(**{**r, "status": Status(r["status"])}) for r in rows]
+
+    def old_protocol_entries(self, leaderboard: str) -> dict[int, int]:
+        """Submission id -> the oldest run protocol among the runs its stored score rests on (its
+        first n_runs run indices), for entries where that is older than PROTOCOL_VERSION."""
+        _check_choice("leaderboard", leaderboard, LEADERBOARDS)
+        rows = self._read(
+            "SELECT r.submission_id AS sid, MIN(r.protocol) AS protocol FROM runs r JOIN scores s"
+            " ON s.submission_id = r.submission_id AND s.leaderboard = r.leaderboard"
+            " WHERE r.leaderboard = ? AND (s.n_runs IS NULL OR r.run_index < s.n_runs) GROUP BY r.submission_id",
+            (leaderboard,),
+        )
+        return {r["sid"]: r["protocol"] for r in rows if r["protocol"] < PROTOCOL_VERSION}
+
+    # -- extras --------------------------------------------------------------------------------
+
+    def put_extra(self, submission_id: int, *, leaderboard: str, name: str, value: Any) -> None:
+        """Store (or replace) one named diagnostic of an entry on a board, as JSON."""
+        _check_choice("leaderboard", leaderboard, LEADERBOARDS)
+        if not name:
+            raise HarnessError(f"an extra needs a non-empty name, got {name!r}")
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise HarnessError(f"extra {name!r} must be JSON-serialisable (plain numbers, strings, lists, dicts): {exc}") from None
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO extras (submission_id, leaderboard, name, value, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                    (int(submission_id), leaderboard, name, text, _now()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise HarnessError(f"cannot store extra {name!r} of submission {submission_id} ({exc}); add the submission first") from None
+
+    def get_extra(self, submission_id: int, *, leaderboard: str, name: str, default: Any = None) -> Any:
+        _check_choice("leaderboard", leaderboard, LEADERBOARDS)
+        rows = self._read(
+            "SELECT value FROM extras WHERE submission_id = ? AND leaderboard = ? AND name = ?",
+            (int(submission_id), leaderboard, name),
+        )
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def extras(self, submission_id: int, *, leaderboard: str) -> dict[str, Any]:
+        """Every extra of an entry on a board, by name."""
+        _check_choice("leaderboard", leaderboard, LEADERBOARDS)
+        rows = self._read(
+            "SELECT name, value FROM extras WHERE submission_id = ? AND leaderboard = ? ORDER BY name",
+            (int(submission_id), leaderboard),
+        )
+        return {r["name"]: json.loads(r["value"]) for r in rows}
 
     # -- references ----------------------------------------------------------------------------
 
@@ -848,6 +1033,39 @@ class Store:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+_SUPERSEDED_COLUMNS = (
+    "id, submission_id, leaderboard, run_index, seed, status, reason, seconds, peak_mem_mb, log,"
+    " retain_acc, test_acc, forget_acc, protocol, recorded_at"
+)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_FIX = "restore it from a backup, or move it away to start this competition afresh"
+
+
+def _not_a_store(path: Path, why: str) -> NotAStoreError:
+    return NotAStoreError(f"{path} is not a results store ({' '.join(why.split())}); {_FIX}")
+
+
+def _check_store_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path that cannot be a store (SQLite would take an empty
+    file for a new database and write a schema into it)."""
+    if not path.is_file():
+        raise _not_a_store(path, "not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise _not_a_store(path, "an empty file, 0 bytes")
+    with open(path, "rb") as fh:
+        head = fh.read(100)  # the SQLite header
+    if head[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
+        raise _not_a_store(path, f"not an SQLite database, {size} bytes")
+    if Path(f"{path}-wal").exists():
+        return  # pages may still sit in the write-ahead log; SQLite's own checks follow
+    page_size = int.from_bytes(head[16:18], "big") if len(head) == 100 else 0
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big") if len(head) == 100 else 0
+    if not page_size or size % page_size or pages * page_size > size:
+        raise _not_a_store(path, f"truncated: {size} bytes, its header says {pages} pages of {page_size} bytes")
 
 
 def cap_log(text: str, limit: int) -> str:

@@ -330,7 +330,10 @@ def _train_loop(job: _Job, seeds: list[int]) -> Iterator[TrainResult]:
 _WORKER_JOB: list[_Job] = []  # the job of this pool worker, set once by _worker_init
 
 
-def _worker_init(job: _Job) -> None:
+def _worker_init(job: _Job, driver_pid: int) -> None:
+    from harness.executors import _die_with_driver
+
+    _die_with_driver(driver_pid)  # no worker outlives a killed driver
     torch.set_num_threads(1)
     _WORKER_JOB.append(job)
 
@@ -350,7 +353,7 @@ def _train_processes(job: _Job, seeds: list[int], *, workers: int) -> Iterator[T
         max_workers=workers,
         mp_context=torch.multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(dataclasses.replace(job, arrays=data, class_weights=weights),),
+        initargs=(dataclasses.replace(job, arrays=data, class_weights=weights), os.getpid()),
     )
     try:
         futures = [pool.submit(_worker_train, index, seed) for index, seed in enumerate(seeds)]

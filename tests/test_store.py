@@ -87,7 +87,7 @@ def test_store_refuses_newer_schema(tmp_path):
     "content, message",
     [
         pytest.param(b"not a database at all" * 100, "is not a results store", id="garbage"),
-        pytest.param(None, "not a results store \\(no 'meta' table\\)", id="foreign-sqlite"),
+        pytest.param(None, r"not a results store \(an SQLite database with other tables \(t\)\); restore it", id="foreign-sqlite"),
     ],
 )
 def test_store_refuses_files_that_are_not_stores(tmp_path, content, message):
