@@ -392,10 +392,13 @@ class Store:
         return f"Store({str(self.path)!r})"
 
     def _check_integrity(self) -> None:
-        """A damaged or truncated file fails here, before anything is written to it."""
+        """A damaged, truncated or foreign file fails here, before anything is written to it."""
         problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
             raise _not_a_store(self.path, f"damaged or truncated: {problems[0]}")
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables and tables - {"sqlite_sequence"}:  # before WAL mode rewrites its header
+            raise _not_a_store(self.path, f"an SQLite database with other tables ({', '.join(sorted(tables))})")
 
     def _init_schema(self) -> None:
         with self._write() as conn:

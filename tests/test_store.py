@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -7,13 +9,14 @@ import sys
 import textwrap
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.errors import HarnessError
 from harness.statuses import STATUS_DOCS, Status
-from harness.store import SCHEMA_VERSION, DuplicateRunError, Store, cap_log
+from harness.store import SCHEMA_VERSION, DuplicateRunError, NotAStoreError, Store, cap_log
 
 
 @pytest.fixture
@@ -416,3 +419,195 @@ def test_store_killed_mid_write_keeps_only_whole_rows(tmp_path, sub_file):
         np.testing.assert_array_equal(s.score_arrays(1, leaderboard="public")["eps"], np.full(20_000, score.final_score))
         ok_run(s, 1, len(done), s=20_000)  # resumes where it stopped
         assert s.finished_runs(1, leaderboard="public") == set(range(len(done) + 1))
+
+
+# -- migrations ----------------------------------------------------------------------------------
+
+# Written by the code at commit ce713d5 (schema 1, before run protocols, superseded runs and
+# extras): `git worktree add /tmp/old-ce713d5 ce713d5`, then with PYTHONPATH=/tmp/old-ce713d5
+# `python -m harness.cli run written-with.yaml --output /tmp/fixture/runs --submissions subs
+# --private --quiet`, subs/ holding broken_team.py (broken_team.py.txt here); results.sqlite and
+# arrays/ copied from runs/ce713d5/. Two baselines and a failing file on both boards, N = 4.
+OLD_STORE = Path(__file__).parent / "data" / "store-ce713d5"
+
+
+@pytest.fixture
+def old_store_dir(tmp_path):
+    """A copy of the committed old store: opening it migrates it in place."""
+    run_dir = tmp_path / "ce713d5"
+    shutil.copytree(OLD_STORE, run_dir)
+    return run_dir
+
+
+def _old_rows(db, sql):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_store_migrates_a_store_written_by_ce713d5_and_rescores_it(old_store_dir):
+    from harness.leaderboard import build_leaderboard
+    from harness.rescore import rescore
+    from harness.sandbox.protocol import PROTOCOL_VERSION
+
+    db = old_store_dir / "results.sqlite"
+    assert _old_rows(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    old_scores = dict(_old_rows(db, "SELECT submission_id || ':' || leaderboard, final_score FROM scores WHERE status = 'ok'"))
+    old_runs = _old_rows(db, "SELECT id, submission_id, leaderboard, run_index, status, confs_file FROM runs ORDER BY id")
+    assert len(old_scores) == 4 and len(old_runs) == 24
+
+    with Store(db, create=False) as s:
+        info = s.competition()
+        assert info.schema_version == SCHEMA_VERSION == 2 and info.name == "ce713d5"
+        assert [(m["from"], m["to"]) for m in s.get_meta("migrations")] == [(1, 2)]
+        runs = s.all_runs()
+        assert [(r.id, r.submission_id, r.leaderboard, r.run_index, r.status.value, r.confs_file) for r in runs] == \
+            [tuple(row) for row in sorted(old_runs, key=lambda row: (row[1], row[2], row[3]))]
+        assert {r.protocol for r in runs} == {1} and PROTOCOL_VERSION > 1  # written before protocols were stored
+        assert s.superseded_runs() == []
+        s.put_extra(2, leaderboard="public", name="diagnostic", value={"kept": True})
+        board = build_leaderboard(s).set_index("team")
+        assert board.loc["baseline:finetune", "old_protocol"] == 1 and board.loc["broken_team", "status"] == "exception"
+
+    notes = []
+    assert rescore(old_store_dir, log=notes.append) == 4
+    with Store(db, create=False) as s:
+        again = {f"{x.submission_id}:{x.leaderboard}": x.final_score for x in s.scores("public") + s.scores("private") if x.status == "ok"}
+        assert again == pytest.approx(old_scores, abs=1e-12)
+        assert old_scores["2:public"] > 0.05  # finetune: a real score, not a degenerate zero
+        assert s.get_extra(2, leaderboard="public", name="diagnostic") == {"kept": True}
+    assert len(notes) == 2 and all("older run protocol (1 < 2): baseline:do_nothing, baseline:finetune" in n for n in notes)
+
+
+def test_a_new_store_has_the_schema_a_migrated_one_has(tmp_path, old_store_dir):
+    def schema(path):
+        return sorted(_old_rows(path, "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+
+    Store(old_store_dir / "results.sqlite").close()
+    Store(tmp_path / "new" / "results.sqlite").close()
+    assert schema(old_store_dir / "results.sqlite") == schema(tmp_path / "new" / "results.sqlite")
+
+
+def test_a_failed_migration_changes_nothing(old_store_dir):
+    """All steps or none: a step that fails (a table named like one it creates) rolls back the others."""
+    db = old_store_dir / "results.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE extras (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(NotAStoreError, match="table extras already exists"):
+        Store(db)
+    assert _old_rows(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    assert "protocol" not in {row[1] for row in _old_rows(db, "PRAGMA table_info(runs)")}
+    assert not _old_rows(db, "SELECT name FROM sqlite_master WHERE name = 'superseded_runs'")
+
+
+# -- a store is a store --------------------------------------------------------------------------
+
+
+def _make_bad(kind: str, path: Path) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = (OLD_STORE / "results.sqlite").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign-sqlite":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE photos (id INTEGER, name TEXT)")
+        conn.commit()
+        conn.close()
+    else:
+        path.write_bytes(np.random.default_rng(0).bytes(8192))
+
+
+BAD_FILES = [
+    pytest.param("empty", "an empty file, 0 bytes", id="zero-bytes"),
+    pytest.param("truncated", r"truncated: 30720 bytes, its header says 15 pages", id="truncated"),
+    pytest.param("foreign-sqlite", r"an SQLite database with other tables \(photos\)", id="foreign-sqlite"),
+    pytest.param("random", "not an SQLite database, 8192 bytes", id="random-bytes"),
+]
+
+
+@pytest.mark.parametrize("kind, why", BAD_FILES)
+def test_store_refuses_a_file_that_is_not_a_store_and_leaves_it_alone(tmp_path, kind, why):
+    path = tmp_path / "results.sqlite"
+    _make_bad(kind, path)
+    before = path.read_bytes()
+    with pytest.raises(NotAStoreError, match=rf"^{re.escape(str(path))} is not a results store \({why}.*\); restore it from a backup") as err:
+        Store(path)
+    assert "\n" not in str(err.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]
+
+
+def _published(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name not in ("results.sqlite", "writer.lock")}
+
+
+@pytest.mark.parametrize("kind, why", BAD_FILES)
+def test_commands_refuse_a_bad_store_and_rewrite_nothing_published(old_store_dir, capsys, kind, why):
+    """The leaderboard CSV/MD and the site's plots stay as they were: nothing is published from it."""
+    from harness.cli import main
+    from harness.leaderboard import write_leaderboard
+
+    with Store(old_store_dir / "results.sqlite") as s:
+        write_leaderboard(s, old_store_dir)
+    assert any(old_store_dir.glob("site/**/*.png")) and (old_store_dir / "leaderboard_public.csv").stat().st_size > 500
+    _make_bad(kind, old_store_dir / "results.sqlite")
+    before = _published(old_store_dir)
+    for argv in (["leaderboard", str(old_store_dir)], ["leaderboard", str(old_store_dir), "--reveal-private"],
+                 ["rescore", str(old_store_dir)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(rf"is not a results store \({why}", err[0]), (argv, err)
+        assert "restore it from a backup" in err[0] and str(old_store_dir / "results.sqlite") in err[0]
+    assert _published(old_store_dir) == before
+
+
+# -- extras and superseded runs ------------------------------------------------------------------
+
+
+def test_extras_round_trip_by_entry_board_and_name(store, sub_file):
+    sid = store.add_submission(sub_file, team="a")
+    store.put_extra(sid, leaderboard="public", name="mia_auc", value=0.61)
+    store.put_extra(sid, leaderboard="public", name="per_class", value={"0": [1, 2]})
+    store.put_extra(sid, leaderboard="private", name="mia_auc", value=0.5)
+    store.put_extra(sid, leaderboard="public", name="mia_auc", value=0.63)  # replaces
+    assert store.extras(sid, leaderboard="public") == {"mia_auc": 0.63, "per_class": {"0": [1, 2]}}
+    assert store.get_extra(sid, leaderboard="private", name="mia_auc") == 0.5
+    assert store.get_extra(sid, leaderboard="private", name="nope", default="-") == "-"
+    store.record_score(sid, leaderboard="public", status="ok", final_score=0.1)
+    store.clear_scores()
+    assert store.extras(sid, leaderboard="public")["mia_auc"] == 0.63  # scores come and go, extras stay
+
+
+@pytest.mark.parametrize(
+    "sid, name, value, message",
+    [
+        pytest.param(1, "x", {1, 2}, "must be JSON-serialisable", id="not-json"),
+        pytest.param(1, "x", float("nan"), "must be JSON-serialisable", id="nan"),
+        pytest.param(1, "", 1, "needs a non-empty name", id="no-name"),
+        pytest.param(9, "x", 1, "cannot store extra 'x' of submission 9", id="unknown-submission"),
+    ],
+)
+def test_put_extra_rejects_bad_input(store, sub_file, sid, name, value, message):
+    store.add_submission(sub_file, team="a")
+    with pytest.raises(HarnessError, match=message):
+        store.put_extra(sid, leaderboard="public", name=name, value=value)
+
+
+def test_a_replaced_run_is_kept_as_superseded_with_its_cause(store, sub_file):
+    sid = store.add_submission(sub_file, team="a")
+    first = store.record_run(sid, leaderboard="public", run_index=0, seed=5, status="sandbox_error", reason="no docker",
+                             protocol=1, log="old log")
+    ok_run(store, sid, 0, replace=True, cause="sandbox_error: run again")
+    (old,) = store.superseded_runs(sid, "public")
+    assert (old.id, old.run_index, old.status, old.reason, old.protocol, old.log, old.cause) == \
+        (first, 0, Status.SANDBOX_ERROR, "no docker", 1, "old log", "sandbox_error: run again")
+    (run,) = store.runs(sid, "public")
+    assert run.id != first and run.status is Status.OK and run.protocol == 2
+    assert store.superseded_runs(leaderboard="private") == []
