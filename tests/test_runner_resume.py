@@ -85,11 +85,11 @@ def _runs(run_dir: Path) -> list[tuple]:
 def uninterrupted(tmp_path_factory):
     """The tiny competition run once from nothing, uninterrupted: what every resumed run must give."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    cfg = _config_file(folder)
+    cfg = load_config(_config_file(folder))
     started = time.monotonic()
-    subprocess.run(_cli(cfg), check=True, timeout=600, env=_env(), stdout=subprocess.DEVNULL)
+    run_competition(cfg, progress=False, log=lambda _: None)  # what `unlearn run c.yaml --quiet` does, in-process
     print(f"uninterrupted tiny competition: {time.monotonic() - started:.1f} s")
-    return folder / "runs" / "tiny"
+    return cfg.run_dir
 
 
 # -- crash and resume ----------------------------------------------------------------------------
