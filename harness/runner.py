@@ -371,7 +371,7 @@ def score_entries(
             if note and not failed_before:
                 log(note)
             if todo and not failed_before and entry.kind == "oracle":
-                _oracle_runs(prep, store, sub_id, todo, retry, executor=executor, timings=timings, progress=progress)
+                _oracle_runs(prep, store, sub_id, n_runs, todo, retry, executor=executor, timings=timings, progress=progress)
             elif todo and not failed_before:
                 plans[position] = _Plan(entry, sub_id, todo, retry)
                 continue
@@ -517,7 +517,7 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
     return units
 
 
-def _oracle_runs(prep: Prepared, store: Store, sub_id: int, todo: list[int], retry: dict[int, str], *,
+def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, todo: list[int], retry: dict[int, str], *,
                  executor: Executor, timings: Timings, progress: bool) -> None:
     """The retrain oracle: a second, independent set of models retrained on retain by the harness.
 
@@ -526,7 +526,7 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, todo: list[int], ret
     """
     cfg = prep.cfg
     seed = cfg.references.seed + ORACLE_SEED_OFFSET + (0 if prep.leaderboard == "public" else 500_000)
-    refs_cfg = replace(cfg.references, n_models=cfg.submissions.n_runs, seed=seed, solo_first=0)
+    refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
                               device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor,

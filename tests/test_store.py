@@ -611,3 +611,18 @@ def test_a_replaced_run_is_kept_as_superseded_with_its_cause(store, sub_file):
     (run,) = store.runs(sid, "public")
     assert run.id != first and run.status is Status.OK and run.protocol == 2
     assert store.superseded_runs(leaderboard="private") == []
+
+
+def test_run_refuses_a_bad_store_before_anything_is_trained_or_published(tmp_path, capsys):
+    from harness.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"include: {Path(__file__).parent / 'data' / 'tiny.yaml'}\noutput: {{dir: {tmp_path / 'runs'}}}\n")
+    run_dir = tmp_path / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.sqlite").write_bytes(b"")
+    (run_dir / "leaderboard_public.csv").write_text("rank,team\n1,kept\n")
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    assert "results.sqlite is not a results store (an empty file, 0 bytes)" in capsys.readouterr().err
+    assert (run_dir / "leaderboard_public.csv").read_text() == "rank,team\n1,kept\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["leaderboard_public.csv", "results.sqlite", "writer.lock"]
