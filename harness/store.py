@@ -356,15 +356,14 @@ class Store:
             raise HarnessError(
                 f"results store {self.path} does not exist; run the competition first or pass its run directory"
             )
-        if self.path.exists():
-            _check_store_file(self.path)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        existed = self.path.exists()
+        if not self.path.exists():
+            self._create_file()
+        _check_store_file(self.path)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
         try:
-            if existed:
-                self._check_integrity()
+            self._check_integrity()
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
@@ -375,6 +374,28 @@ class Store:
         except BaseException:
             self._conn.close()
             raise
+
+    def _create_file(self) -> None:
+        """A new store appears whole or not at all: built beside its path, then linked into place
+        (never over another process's new store), so a runner killed while creating it leaves no
+        empty file that the next run would have to refuse."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                self._create_schema(conn)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()  # checkpoints: the whole store is in the main file now
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -403,17 +424,19 @@ class Store:
     def _init_schema(self) -> None:
         with self._write() as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "meta" not in tables:
-                if tables - {"sqlite_sequence"}:
-                    raise _not_a_store(self.path, f"an SQLite database with other tables ({', '.join(sorted(tables))})")
-                for statement in _statements(_SCHEMA_V1):
-                    conn.execute(statement)
-                self._put_meta(conn, "schema_version", 1)
-                self._put_meta(conn, "created_at", _now())
-                self._put_meta(conn, "private_revealed", False)
-                self._migrate(conn, record=False)
+            if "meta" not in tables:  # an SQLite file with no tables at all (foreign ones are refused earlier)
+                self._create_schema(conn)
                 return
             self._migrate(conn, record=True)
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """A new store: the first schema with every migration applied, inside the caller's transaction."""
+        for statement in _statements(_SCHEMA_V1):
+            conn.execute(statement)
+        self._put_meta(conn, "schema_version", 1)
+        self._put_meta(conn, "created_at", _now())
+        self._put_meta(conn, "private_revealed", False)
+        self._migrate(conn, record=False)
 
     def _migrate(self, conn: sqlite3.Connection, *, record: bool) -> None:
         """Bring the schema to SCHEMA_VERSION, inside the caller's transaction (all steps or none)."""

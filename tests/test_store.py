@@ -69,6 +69,7 @@ def test_status_parse_unknown_suggests_closest():
 def test_store_creates_database_with_schema_version(tmp_path):
     path = tmp_path / "comp" / "results.sqlite"
     Store(path).close()
+    assert [p.name for p in path.parent.iterdir()] == ["results.sqlite"]  # built aside, linked into place whole
     conn = sqlite3.connect(path)
     (value,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert json.loads(value) == SCHEMA_VERSION
