@@ -14,6 +14,7 @@ Durability: every write is one short transaction. An array is written to a tempo
 renamed into place *before* the row that points to it is committed, so a process killed at any
 moment leaves whole rows whose files exist; at worst an unreferenced array file is left behind.
 Row ids never repeat (AUTOINCREMENT), so a replaced row's file is never overwritten in place.
+A new store file is built beside its path and linked into place whole.
 
 Resume and idempotence:
 - `add_submission` is idempotent: the same file (same sha256) for the same team returns the
@@ -40,15 +41,15 @@ bytes) is refused with `NotAStoreError` before anything is written to it or from
 
 What the runner calls, in order::
 
-    store = Store(run_dir / "results.sqlite")             # creates it, or opens and checks the schema
+    with harness.lock.writer_lock(run_dir):                # one writer per folder, for the whole write
+    store = Store(run_dir / "results.sqlite")             # creates it, or opens, checks and migrates it
     store.record_competition(config=cfg.to_dict(), config_hash=cfg.hash(), code_version=..., seeds=...)
     store.record_time_cap(basis, leaderboard=lb)           # dict: median_retrain_s, hardware, time_cap_s, ...
     store.record_references(leaderboard=lb, cache_key=..., confs=..., retain_acc=..., ...)
     sid = store.add_submission(path, team=..., kind=..., exempt=...)
     todo = set(range(n_runs)) - store.finished_runs(sid, lb)
     store.record_run(sid, leaderboard=lb, run_index=i, seed=..., status=..., confs=..., ...)  # per run, at once
-    idx, confs = store.run_confs(sid, lb)                  # ok runs [n, S], for scoring (and rescoring)
-    store.record_score(sid, leaderboard=lb, status=..., score=score, median_run_s=..., ...)
+    harness.scoring.record_entry_score(store, sid, leaderboard=lb, n_runs=..., ...)  # runs 0..n_runs-1 -> record_score
     harness.leaderboard.write_leaderboard(store, run_dir)  # reads the store only
 
 Reading: `submissions()`, `runs(sid, lb)`, `all_runs()`, `load_confs(run)`, `references(lb)`,
