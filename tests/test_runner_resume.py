@@ -152,7 +152,8 @@ def _assert_none_left(seen: set[int]) -> None:
 
 def _resume_and_compare(cfg: Path, run_dir: Path, uninterrupted: Path) -> None:
     kept = _runs(run_dir) if (run_dir / "results.sqlite").exists() else []
-    subprocess.run(_cli(cfg), check=True, timeout=600, env=_env(), stdout=subprocess.DEVNULL)
+    resumed = subprocess.run(_cli(cfg), timeout=600, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _runs(run_dir)
     assert set(kept) <= set(after), "a stored run was redone or lost"
     assert len(after) == 2 * N and len({r[1:4] for r in after}) == 2 * N
