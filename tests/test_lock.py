@@ -73,7 +73,7 @@ def _commands(tmp_path: Path) -> dict[str, tuple[list[str], Path]]:
     return {
         "run": (["run", str(cfg), "--quiet"], tiny_dir),
         "score": (["score", "--config", str(cfg), "--submissions", str(tmp_path), "--quiet"], tiny_dir),
-        "dry-run": (["dry-run", str(sub), "--config", str(cfg)], tiny_dir),
+        "dry-run": (["dry-run", str(sub), "--config", str(cfg)], tiny_dir / "dry-runs"),  # its own store
         "check-baselines": (["check-baselines", "--config", str(cfg), "--expected", str(expected)], tiny_dir),
         "references-import": (["references", "import", str(tmp_path / "refs.npz"), "--config", str(cfg)], tiny_dir),
         "rescore": (["rescore", str(run_dir)], run_dir),
