@@ -599,12 +599,12 @@ def run_competition(
         log(f"removed {left}, left by a runner that was killed")
     entries = discover_entries(cfg, submissions_dir=submissions_dir, baselines=baselines, all_baselines=all_baselines)
     _check_rerun(rerun, entries)
-    with writer_lock(cfg.run_dir):
-        with timings.measure("task"):  # every board's forget set before anything is trained or stored
-            tasks = {leaderboard: board_task(cfg, leaderboard) for leaderboard in leaderboards}
-        overlap = forget_overlap(tasks["public"], tasks["private"]) if {"public", "private"} <= set(tasks) else None
-        if overlap:
-            log(f"forget sets: public {overlap['public']} images, private {overlap['private']} images, disjoint (none shared)")
+    with timings.measure("task"):  # every board's forget set before anything is trained or stored
+        tasks = {leaderboard: board_task(cfg, leaderboard) for leaderboard in leaderboards}
+    overlap = forget_overlap(tasks["public"], tasks["private"]) if {"public", "private"} <= set(tasks) else None
+    if overlap:
+        log(f"forget sets: public {overlap['public']} images, private {overlap['private']} images, disjoint (none shared)")
+    with writer_lock(cfg.run_dir):  # from the first write on: a refused config leaves no folder behind
         store = open_store(cfg)
         if overlap:
             store.set_meta(forget_sets=overlap)
