@@ -206,7 +206,23 @@ def main(argv: list[str]) -> None:
         print(f"limits: cannot place the sandbox ({exc}); {usage}", file=sys.stderr)
         os._exit(125)
     apply_rlimits(Rlimits(data_bytes=data, nproc=nproc, fsize_bytes=fsize, core_bytes=core))
+    _die_with_parent()
     os.execvp(command[0], command)
+
+
+def _die_with_parent() -> None:
+    """The sandbox dies with the host process that started it (the `none` backend has no bwrap
+    --die-with-parent); it survives exec, and a parent already gone means exit now."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 if __name__ == "__main__":
