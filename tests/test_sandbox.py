@@ -570,3 +570,25 @@ def test_public_reasons_keep_only_the_templates(reason, public):
 
     got = public_reason(reason, file="mine.py", source=SOURCE, fallback="FALLBACK")
     assert got == (reason if public == "same" else "FALLBACK")
+
+
+def test_remove_stale_clears_the_cgroups_of_a_killed_runner_only():
+    import subprocess
+
+    from harness.sandbox import cgroups
+
+    if not cgroups.available()[0]:
+        pytest.skip(cgroups.available()[1])
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: the runner that was killed
+    left = cgroups.SandboxGroup(name=f"{dead.pid}-0-1", cpus=(0,))
+    live = cgroups.SandboxGroup.create(cpus=(0,), memory_bytes=None, pids_max=None)  # ours: this process is alive
+    try:
+        for controller in cgroups.CONTROLLERS:
+            left.path(controller).mkdir(parents=True)
+        assert f"{dead.pid}-0-1" in cgroups.remove_stale()
+        assert not any(left.path(c).exists() for c in cgroups.CONTROLLERS)
+        assert all(live.path(c).exists() for c in cgroups.CONTROLLERS)
+    finally:
+        live.remove()
+        left.remove()
