@@ -371,7 +371,23 @@ def bwrap_status() -> tuple[bool, str]:
     return True, ""
 
 
-class ProcessLaunched:
+class _Measured:
+    """What the host reads from a sandbox's cgroups (None where it has none)."""
+
+    group: SandboxGroup | None
+
+    def peak_memory_mb(self) -> float | None:
+        return None if self.group is None else round(self.group.peak_memory_bytes() / 2**20, 1)
+
+    def reset_peak_memory(self) -> None:
+        if self.group is not None:
+            self.group.reset_peak_memory()
+
+    def cpu_seconds(self) -> float | None:
+        return None if self.group is None else self.group.cpu_seconds()
+
+
+class ProcessLaunched(_Measured):
     """A worker started as a local process tree (bubblewrap or none), in its own session."""
 
     def __init__(self, popen: subprocess.Popen, *, placement: Placement, bwrap: bool, channel: Channel) -> None:
@@ -424,16 +440,6 @@ class ProcessLaunched:
         if self.group is not None:
             return round(self.group.memory_bytes() / 2**20, 1)
         return tree_rss_mb(self.popen.pid)
-
-    def peak_memory_mb(self) -> float | None:
-        return None if self.group is None else round(self.group.peak_memory_bytes() / 2**20, 1)
-
-    def reset_peak_memory(self) -> None:
-        if self.group is not None:
-            self.group.reset_peak_memory()
-
-    def cpu_seconds(self) -> float | None:
-        return None if self.group is None else self.group.cpu_seconds()
 
     def oom_kills(self) -> int:
         return (self.group.oom_kills() if self.group is not None else 0) + max(0, kernel_oom_kills() - self._oom_before)
@@ -631,7 +637,7 @@ def docker_run_kwargs(
     return kwargs
 
 
-class DockerLaunched:
+class DockerLaunched(_Measured):
     def __init__(self, container, *, placement: Placement, events_fd: int, commands_fd: int) -> None:
         self.container, self.placement = container, placement
         self.events_fd, self.commands_fd = events_fd, commands_fd
@@ -674,16 +680,6 @@ class DockerLaunched:
 
     def memory_mb(self) -> float | None:
         return None if self.group is None else round(self.group.memory_bytes() / 2**20, 1)
-
-    def peak_memory_mb(self) -> float | None:
-        return None if self.group is None else round(self.group.peak_memory_bytes() / 2**20, 1)
-
-    def reset_peak_memory(self) -> None:
-        if self.group is not None:
-            self.group.reset_peak_memory()
-
-    def cpu_seconds(self) -> float | None:
-        return None if self.group is None else self.group.cpu_seconds()
 
     def oom_kills(self) -> int:
         return 0 if self.group is None else self.group.oom_kills()
