@@ -460,7 +460,7 @@ def _place(limits: SandboxConfig, *, root_uid: bool, cgroups: bool) -> Placement
     """A slot (its cores; on a root host its uid) and, where the host has them, cgroups."""
     from harness.sandbox import cgroups as cg
 
-    slot = acquire_uid(limits.first_uid) if root_uid else current_slot()
+    slot = acquire_uid(limits.first_uid) if root_uid else current_slot(limits.first_uid)
     try:
         cpus = cores_for(slot.index, worker_threads(limits))
         placement = Placement(slot=slot, cpus=cpus, run_as=(slot.uid, slot.gid) if root_uid else None)
@@ -711,7 +711,7 @@ class DockerBackend:
     name = "docker"
 
     def place(self, limits: SandboxConfig) -> Placement:
-        slot = current_slot()
+        slot = current_slot(limits.first_uid)
         return Placement(slot=slot, cpus=cores_for(slot.index, worker_threads(limits)), run_as=(NOBODY, NOBODY))
 
     def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched:

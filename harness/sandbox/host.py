@@ -30,7 +30,6 @@ import json
 import os
 import queue
 import select
-import signal
 import stat
 import struct
 import threading
@@ -134,7 +133,8 @@ def run_worker(
             reports.put(result)
 
     context = _Context(seeds=spec.seeds, cap=time_cap_s, grace=grace_s, startup_timeout=startup_timeout_s, limits=limits,
-                       inbox=inbox, outbox=outbox, exchange=exchange, device=device, record=record, results=results)
+                       inbox=inbox, outbox=outbox, exchange=exchange, device=device, record=record, results=results,
+                       source_name=spec.source_name or SUBMISSION)
     try:
         chosen = resolve_backend(backend, allow_unsafe_fallback=False) if backend == "auto" else backend
         runner = get_backend(chosen) if isinstance(chosen, str) else chosen
@@ -167,6 +167,7 @@ class _Context:
     device: str
     record: Callable[[RunResult], None]
     results: dict[int, RunResult]
+    source_name: str  # the participant's file name, as public reasons may name it
     aborted: bool = False  # the caller's on_run raised: stop at once
 
     @property
@@ -238,7 +239,6 @@ class _Session:
         self.launched: Launched | None = None
         self.placement: Placement | None = None
         self.allowance = 0.0
-        self.in_flight: int | None = None
         self.quit_sent = False
         self._reference = None
         self._source: str | None = None
@@ -254,7 +254,7 @@ class _Session:
                 self._launch(readers)
                 self._boot()
             except _Stop as stop:
-                self._fail_rest(Status.SANDBOX_ERROR, stop.reason, stop.reason, from_start=True)
+                self._fail_rest(Status.SANDBOX_ERROR, stop.reason, from_start=True)
                 return []
             while self.pending and not self.c.aborted:
                 index = self.pending[0]
@@ -265,7 +265,7 @@ class _Session:
                     self.pending = [i for i in self.pending if i != index]
                     if stop.relaunch and self.pending:
                         return self.pending
-                    self._fail_rest(stop.status if stop.status is not Status.OK else Status.WORKER_DIED, stop.rest, stop.rest)
+                    self._fail_rest(stop.status, stop.rest)
                     return []
                 self.pending.pop(0)
             self._send("quit")
@@ -310,8 +310,7 @@ class _Session:
 
     def _boot(self) -> None:
         """Wait for the warm parent, then measure the harness's own part of a run."""
-        line = self._next("ready", deadline=time.monotonic() + self.c.startup_timeout, phase="boot")
-        assert line.kind == "ready"
+        self._next("ready", deadline=time.monotonic() + self.c.startup_timeout, phase="boot")
         windows = []
         for probe in PROBES:
             window, exited = self._one(probe, cap=None)
@@ -353,15 +352,12 @@ class _Session:
     def _one(self, index: int, *, cap: float | None) -> tuple[float, ControlLine]:
         """Start run `index`, watch it, and return (its host-seen window, its exit line)."""
         self._send(f"run {index}")
-        started = self._next("started", deadline=time.monotonic() + self.c.grace, phase="fork", index=index)
-        self.in_flight = index
-        t0 = started.stamp
+        t0, _ = self._next("started", deadline=time.monotonic() + self.c.grace, phase="fork", index=index)
         deadline = None if cap is None else t0 + self.allowance + cap + cap_slack(cap)
         if index < 0:
             deadline = t0 + self.c.startup_timeout
-        exited = self._next("exited", deadline=deadline, phase="run", index=index, since=t0)
-        self.in_flight = None
-        return exited.stamp - t0, exited.line
+        stopped, exited = self._next("exited", deadline=deadline, phase="run", index=index, since=t0)
+        return stopped - t0, exited
 
     def _outcome(self, index: int, exited: ControlLine, seconds: float) -> tuple[Status, str, Path | None]:
         claim = exited.claim
@@ -392,9 +388,7 @@ class _Session:
 
         if self._source is None:
             self._source = (self.c.inbox / SUBMISSION).read_text(errors="replace")
-            spec = read_spec(self.c.inbox)
-            self._source_name = spec.source_name or SUBMISSION
-        return public_reason(reason, file=self._source_name, source=self._source, fallback=status.doc)
+        return public_reason(reason, file=self.c.source_name, source=self._source, fallback=status.doc)
 
     def _take_weights(self, index: int) -> tuple[Path | None, str | None]:
         """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes."""
@@ -442,18 +436,26 @@ class _Session:
             self._reference = load_file(str(self.c.inbox / ORIGINAL))
         return self._reference
 
+    def _written(self) -> tuple[int, int]:
+        """(entries, bytes) in every folder a run can write, each walk capped at max_files entries."""
+        entries = size = 0
+        for folder in self.scratch_dirs:
+            seen = fsguard.measure(folder, max_entries=self.c.limits.max_files, max_depth=4096)
+            entries += seen.entries
+            size += seen.bytes
+        return entries, size
+
     def _clean(self) -> float:
         """Measure, then empty every folder a run could write (nothing of it is alive now); MB seen."""
-        total = 0
+        _, size = self._written()
         for folder in self.scratch_dirs:
-            size = fsguard.measure(folder, max_entries=self.c.limits.max_files, max_depth=4096)
-            total += size.bytes
             fsguard.clear(folder)
-        return round(total / MIB, 3)
+        return round(size / MIB, 3)
 
     # -- watching ---------------------------------------------------------------------------
-    def _next(self, kind: str, *, deadline: float | None, phase: str, index: int | None = None, since: float | None = None):
-        """The next control line of `kind` (for `index`), watching the sandbox meanwhile."""
+    def _next(self, kind: str, *, deadline: float | None, phase: str, index: int | None = None,
+              since: float | None = None) -> tuple[float, ControlLine]:
+        """(host stamp, line): the next control line of `kind` (for `index`), watching the sandbox meanwhile."""
         last_watch = last_disk = 0.0
         while True:
             try:
@@ -465,7 +467,7 @@ class _Session:
             if item is not None:
                 stamp, line = item
                 if line is not None and line.kind == kind and (index is None or line.index == index):
-                    return _Stamped(stamp, line)
+                    return stamp, line
                 continue  # anything else is out of order: the parent is ours, so only a bug does this
             now = time.monotonic()
             if self.c.aborted:
@@ -529,11 +531,7 @@ class _Session:
 
     def _check_disk(self, index: int) -> None:
         limits = self.c.limits
-        entries = size = 0
-        for folder in self.scratch_dirs:
-            seen = fsguard.measure(folder, max_entries=limits.max_files, max_depth=4096)
-            entries += seen.entries
-            size += seen.bytes
+        entries, size = self._written()
         budget = limits.scratch_gb * 1024 * MIB + self.weights_limit
         problem = None
         if entries > limits.max_files:
@@ -581,7 +579,7 @@ class _Session:
     # -- ending -----------------------------------------------------------------------------
     def _give_up(self, index: int, stop: _Stop) -> None:
         """The run in flight (if it has no result yet) gets the stop's status."""
-        if index in self._recorded():
+        if index in self.c.results:
             return
         self.splitter.wait_for_end(index, timeout=0.5)
         log = self.splitter.text(index)
@@ -589,16 +587,13 @@ class _Session:
             log = self.splitter.text(None) + log
         self.c.record(_bare(self.c, index, stop.status, stop.reason, stop.seconds, log))
 
-    def _fail_rest(self, status: Status, reason: str, rest: str, *, from_start: bool = False) -> None:
-        done = self._recorded()
+    def _fail_rest(self, status: Status, reason: str, *, from_start: bool = False) -> None:
+        """Every pending run without a result gets `reason`; from the start, with the sandbox's own output."""
+        log = self.splitter.text(None) if from_start else ""
         for i in self.pending:
-            if i not in done:
-                log = self.splitter.text(None) if from_start else ""
-                self.c.record(_bare(self.c, i, status, reason if from_start else rest, None, log))
+            if i not in self.c.results:
+                self.c.record(_bare(self.c, i, status, reason, None, log))
         self.pending = []
-
-    def _recorded(self) -> set[int]:
-        return set(self.c.results)
 
     def _close(self, readers: list[threading.Thread]) -> None:
         launched = self.launched
@@ -621,15 +616,6 @@ class _Session:
                         pass
             if self.placement is not None:
                 self.placement.release()
-
-
-@dataclass
-class _Stamped:
-    stamp: float
-    line: ControlLine
-
-    def __getattr__(self, name):
-        return getattr(self.line, name)
 
 
 _EOF = object()

@@ -105,10 +105,6 @@ class UidSlot:
         self.index = index
         self._handle = handle
 
-    def _release_handle(self) -> int | None:
-        handle, self._handle = self._handle, None
-        return handle
-
     def release(self) -> None:
         if self._handle is not None:
             os.close(self._handle)
@@ -151,11 +147,12 @@ def acquire_uid(first_uid: int, *, slots: int = UID_SLOTS) -> UidSlot:
     raise HarnessError(f"all {slots} sandbox uids from {first_uid} are in use; wait for sandboxes to finish")
 
 
-def current_slot() -> UidSlot:
+def current_slot(first_uid: int = 60000) -> UidSlot:
     """The non-root case: the worker runs as the caller's own uid (mapped to nobody inside);
     the slot's index still comes from the lock folder, so concurrent sandboxes get other cores."""
-    held = acquire_uid(60000)
-    return UidSlot(os.getuid(), held._release_handle(), held.index)
+    slot = acquire_uid(first_uid)
+    slot.uid = slot.gid = os.getuid()
+    return slot
 
 
 def cores_for(slot: int, width: int) -> tuple[int, ...]:

@@ -190,7 +190,6 @@ class Zygote:
         mark(f"{MARKER}{index} seed {self.seed_of(index)}\n")
         pid = os.fork()
         if pid == 0:
-            code = 70
             try:
                 os.close(read_end)
                 self.control.close()
@@ -202,7 +201,7 @@ class Zygote:
                 except BaseException:  # noqa: BLE001
                     pass
             finally:
-                os._exit(code)
+                os._exit(70)  # only when the run's own code did not exit: the host reports how it ended
         os.close(write_end)
         self.control.send(f"started {index} {pid}")
         _, wait_status = os.waitpid(pid, 0)
