@@ -78,6 +78,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         progress=not args.json,
         log=lambda msg: print(msg, file=sys.stderr),
+        over_cap_allowance=args.over_cap_allowance,
     )
     _emit(record, args.json, _format_dry_run(record))
     return 0 if record["status"] == "ok" else 1
@@ -102,7 +103,39 @@ def _format_dry_run(r: dict) -> str:
     times = r["run_times_s"]
     if times:
         lines.append(f"run times   median {sorted(times)[len(times) // 2]:.2f} s, worst {max(times):.2f} s, cap {r['time_cap_s']:.2f} s")
+    over = r.get("over_cap")
+    if over:
+        lines += _format_over_cap(over, r["status"])
     return "\n".join(lines)
+
+
+def _format_over_cap(over: dict, status: str) -> list[str]:
+    """The over-cap allowance's lines: the verdict stands; the score is what the runs would earn."""
+    late = over["runs_over_cap"]
+    if not late:
+        return [f"over cap    no run went past the cap (allowance {over['allowance']:g}x)"]
+    worst = max(late, key=lambda run: run["over_s"])
+    lines = [f"over cap    {len(late)} run(s) past the {over['time_cap_s']:.2f} s cap, by up to {worst['over_s']:.2f} s "
+             f"({worst['ratio']:.2f}x, run {worst['run']}): the organizers would reject this file ({status})",
+             "            " + ", ".join(f"run {run['run']} +{run['over_s']:.2f} s" for run in late)]
+    would = over["would_score"]
+    if would is not None:
+        lines.append(f"would score {would['final_score']:.4f}  (95% CI {would['ci_95'][0]:.4f} - {would['ci_95'][1]:.4f}; "
+                     f"F = {would['forget_quality']:.4f}) had every run been within the cap")
+    else:
+        lines.append(f"would score -  ({over['note']})")
+    return lines
+
+
+def _allowance(text: str) -> float:
+    """'3x', '3' or '2.5x': a multiple of the cap, above 1."""
+    try:
+        value = float(text[:-1] if text.lower().endswith("x") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a multiple of the cap; write it as 3x") from None
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 1x (1x is the cap itself); e.g. 3x")
+    return value
 
 
 def cmd_metric(args: argparse.Namespace) -> int:
@@ -215,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     scoring(p)
     p.add_argument("--batch-format", choices=("dict", "tuple"), help="override the batch style the file declares")
     p.add_argument("--fresh", action="store_true", help="run again the runs stored by an earlier dry run of the same file and settings")
+    p.add_argument("--over-cap-allowance", type=_allowance, metavar="Kx",
+                   help="let runs past the cap finish up to K caps (e.g. 3x): still a timeout, but the score they would earn is shown")
     p.add_argument("--json", action="store_true", help="print one JSON record")
     p.set_defaults(func=cmd_dry_run)
 

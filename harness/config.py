@@ -104,12 +104,33 @@ class ReferencesConfig:
     solo_first: int = 3  # the first models train alone by the plain recipe; their times serve the time cap
 
 
+# The NeurIPS 2023 competition's allowance: 0.2 of a retrain by the organizers' 30-epoch recipe
+# (README, "The time cap"), i.e. six epochs of that recipe over the retain set.
+COMPETITION_RETAIN_EPOCHS = 6.0
+
+
 @dataclass(frozen=True)
 class TimeCapConfig:
-    fraction: float = 0.2  # of one solo retrain's wall time
+    """A run's allowance. The budget is `retain_epochs` of the recipe over retain (the competition
+    allowed 0.2 of a 30-epoch retrain: 6), so fraction = retain_epochs / recipe.epochs of the median
+    solo retrain, on every task; `fraction` sets the share of a retrain directly instead."""
+
+    retain_epochs: float | None = None  # the budget in retain-epoch equivalents; None: the competition's 6
+    fraction: float | None = None  # of one solo retrain's wall time; an alternative to retain_epochs
     solo_retrains: int = 3  # the cap is the median of this many solo retrains
+    noise_runs: int = 16  # repeats of a fixed submission whose p99 run-time spread widens the cap; 0: none
     seconds: float | None = None  # a fixed cap, overriding the measurement
     grace_s: float = 10.0  # bounds the harness's own steps between runs (a fork); never submission code
+
+    def share(self, recipe_epochs: int) -> float:
+        """The cap's share of one retrain."""
+        if self.fraction is not None:
+            return float(self.fraction)
+        return float(self.budget_epochs) / float(recipe_epochs)
+
+    @property
+    def budget_epochs(self) -> float:
+        return COMPETITION_RETAIN_EPOCHS if self.retain_epochs is None else float(self.retain_epochs)
 
 
 @dataclass(frozen=True)
@@ -230,6 +251,7 @@ def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
     data["source"] = source
     cfg = _build(Config, _shorthands(data), key="", source=source)
     check_executor(cfg.executor, source=source)
+    check_time_cap(cfg.time_cap, source=source)
     forget = cfg.task.forget
     if forget.count is not None and forget.fraction is not None:
         raise ConfigError(
@@ -255,6 +277,27 @@ def check_executor(cfg: ExecutorConfig, *, source: str | None = None) -> None:
         if not ok:
             where = f"{source}: key 'executor.{key}'" if source else f"executor.{key}"
             raise ConfigError(f"{where} must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's executor section")
+
+
+def check_time_cap(cfg: TimeCapConfig, *, source: str | None = None) -> None:
+    """The budget is one of retain_epochs and fraction, each positive; checked at load."""
+    where = f"{source}: key 'time_cap" if source else "key 'time_cap"
+    if cfg.retain_epochs is not None and cfg.fraction is not None:
+        raise ConfigError(
+            f"{where}' sets both 'retain_epochs' ({cfg.retain_epochs:g}) and 'fraction' ({cfg.fraction:g}); "
+            "they are alternatives: set one (retain_epochs: 6 is the competition's budget)"
+        )
+    rules = [
+        ("retain_epochs", cfg.retain_epochs is None or cfg.retain_epochs > 0, "a number above 0 (epochs of the recipe over retain)"),
+        ("fraction", cfg.fraction is None or cfg.fraction > 0, "a number above 0 (a share of one solo retrain)"),
+        ("solo_retrains", cfg.solo_retrains >= 1, "at least 1"),
+        ("noise_runs", cfg.noise_runs == 0 or cfg.noise_runs >= 2, "0 (no noise margin) or at least 2"),
+        ("seconds", cfg.seconds is None or cfg.seconds > 0, "a number of seconds above 0, or null to measure the cap"),
+        ("grace_s", cfg.grace_s > 0, "a number of seconds above 0"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{where}.{key}' must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's time_cap section")
 
 
 def find_config(path: str | Path) -> Path:
@@ -301,6 +344,7 @@ def _read_yaml(path: Path, *, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 # Alternatives within task.forget: a file that sets one drops what its include set for the others.
 _FORGET_SIZES = ("count", "fraction", "index_file")
+_CAP_BUDGETS = ("retain_epochs", "fraction")  # likewise within time_cap
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any], *, key: str = "") -> dict[str, Any]:
@@ -313,6 +357,9 @@ def _merge(base: dict[str, Any], top: dict[str, Any], *, key: str = "") -> dict[
         out.pop("forget", None)
     if key == "task.forget" and any(k in top for k in _FORGET_SIZES):
         for name in _FORGET_SIZES:
+            out.pop(name, None)
+    if key == "time_cap" and any(k in top for k in _CAP_BUDGETS):
+        for name in _CAP_BUDGETS:
             out.pop(name, None)
     for name, value in top.items():
         sub = f"{key}.{name}" if key else name

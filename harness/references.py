@@ -39,7 +39,7 @@ from harness.training import (
     train_plain,
 )
 from harness.timing import Timings
-from harness.units import TrainReferences, share_evaluation_sets
+from harness.units import TrainReferences, share_evaluation_sets, solo_hardware
 from harness.units import train_references as train_reference_models
 
 if TYPE_CHECKING:
@@ -178,8 +178,9 @@ def run_reference_units(
 ) -> Iterator[tuple[TrainReferences, dict[str, Any]]]:
     """Train reference models `indices` (seed refs_cfg.seed + i) on `executor`; yield each unit's result.
 
-    Models below refs_cfg.solo_first train first, one unit at a time with nothing beside them (their
-    times set the time cap); the rest by refs_cfg.training_path: "processes" one model per unit
+    Models below refs_cfg.solo_first train first, one model per unit by the plain loop (their times
+    set the time cap): on CPUs side by side, each pinned to a slot's cores like a sandboxed run, with
+    the rest beside them; on GPUs one at a time. The rest by refs_cfg.training_path: "processes" one model per unit
     (one-thread processes side by side: the fastest on CPUs), "vmap" a chunk of models per unit
     (the fastest on GPUs), "loop" all in one unit. A unit that fails raises: the metric needs all N.
     """
@@ -206,17 +207,23 @@ def run_reference_units(
         raise HarnessError(f"references.training_path must be auto, loop, processes or vmap, got {path!r}")
     groups = {"processes": 1, "vmap": refs_cfg.vmap_chunk, "loop": max(1, len(rest))}[path]
     solo_threads = {"threads": timing_threads(device)}  # the time cap's basis: the sandbox's thread count
-    batches = [[TrainReferences(indices=(i,), seeds=(refs_cfg.seed + i,), path="plain", label="plain",
-                                **{**common, **solo_threads})] for i in solo]
-    batches.append([
+    solo_units = [TrainReferences(indices=(i,), seeds=(refs_cfg.seed + i,), path="plain", label="plain",
+                                  **{**common, **solo_threads}) for i in solo]
+    rest_units = [
         TrainReferences(indices=tuple(chunk), seeds=tuple(refs_cfg.seed + i for i in chunk),
                         path="loop" if path == "processes" else path, label=path, **common)
         for chunk in (rest[j:j + groups] for j in range(0, len(rest), groups))
-    ])
+    ]
+    if torch.device(device).type == "cpu":
+        # as runs are scored: each unit pinned to its slot's cores, every other slot busy (the solo
+        # retrains first, side by side, then the rest beside them)
+        batches = [[*solo_units, *rest_units]]
+    else:  # a GPU is a unit's whole device: a solo retrain has it alone, as a run has
+        batches = [[unit] for unit in solo_units] + [rest_units]
     for batch in batches:
         start = time.perf_counter()
         outcomes = executor.submit_all(train_reference_models, batch, resources=resources)
-        if batch[0].path == "plain":  # a solo retrain: the other slots wait, by design
+        if len(batch) == 1 and batch[0].path == "plain":  # a solo retrain on a GPU: the other slots wait
             outcomes = list(outcomes)
             timings.add("alone", (time.perf_counter() - start) * (executor.slots(resources) - 1))
         for unit, result in outcomes:
@@ -242,12 +249,13 @@ def measure_retrain_time(
     """
     if n < 1:
         raise HarnessError(f"time_cap.solo_retrains must be >= 1, got {n}")
-    hardware = hardware_description(device)
+    hardware = solo_hardware(device)
     times: list[float] = []
     if references is not None:
         times = [float(t) for t, s, h in zip(references.train_seconds, references.solo, references.hardware) if s and h == hardware]
         times = times[:n]
-    if len(times) < n:
+    if len(times) < n:  # too few solo references (imported ones): timed here, alone
+        hardware = f"{hardware_description(device)}, {n - len(times)} of {n} timed alone in the driver"
         retain = task.arrays("retain")
         spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
         weights = class_weights(retain["age_group"], model_cfg.num_classes)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness import __version__
@@ -33,8 +34,9 @@ from harness.models import ModelSpec, load_checkpoint, save_weights
 from harness.references import References, measure_retrain_time, train_references
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
+from harness.sandbox.host import seconds_text
 from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.scoring import METRIC_VERSION, Score, record_entry_score, reference_noise_floor
+from harness.scoring import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
 from harness.statuses import Status
 from harness.store import Store, file_version
 from harness.timing import Timings
@@ -216,7 +218,11 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
         timings=timings,
     )
     if base is None:
-        time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log)
+        provisional = Prepared(cfg=cfg, leaderboard=leaderboard, device=device, task=task, run_dir=run_dir,
+                               original_path=original_path, references=refs, time_cap_s=0.0, time_cap_basis={},
+                               noise_floor=None)
+        time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log,
+                                      noise=lambda n: _noise_run_times(provisional, executor, n, log=log))
     else:
         time_cap_s, basis = base.time_cap_s, {**base.time_cap_basis, "measured_for": base.leaderboard}
         log(f"time cap: {time_cap_s:.2f} s per run, the {base.leaderboard} board's (one cap per competition)")
@@ -288,7 +294,14 @@ def time_cap_file(cache_dir: Path, refs_key: str, identity: dict) -> Path:
     return cache_dir / f"time-cap-{refs_key}-{hardware}.json"
 
 
-def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: References, log) -> tuple[float, dict]:
+NOISE_PROBE = "finetune"  # the fixed submission repeated to measure run-time noise: the Kaggle template
+
+
+def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: References, log,
+              noise: Callable[[int], list[float]] | None = None) -> tuple[float, dict]:
+    """The cap: the budget's share of the median solo retrain, widened by the p99 spread of a fixed
+    submission's run times (both measured under scoring's conditions, cached per hardware).
+    `noise(n)`: n run times of the fixed submission, timed as scoring times runs."""
     if cfg.time_cap.seconds is not None:
         return float(cfg.time_cap.seconds), {"fixed_s": cfg.time_cap.seconds, "time_cap_s": float(cfg.time_cap.seconds)}
     identity = hardware_identity(device)
@@ -307,11 +320,56 @@ def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: Re
         basis, how = {"median_retrain_s": median, "retrain_times_s": times, "hardware": hardware,
                       "hardware_identity": identity}, "measured now"
         basis_path.write_text(json.dumps(basis))
-    cap = cfg.time_cap.fraction * basis["median_retrain_s"]
-    basis = {**basis, "fraction": cfg.time_cap.fraction, "time_cap_s": cap}
-    log(f"time cap: {cap:.2f} s per run = {cfg.time_cap.fraction} x {basis['median_retrain_s']:.2f} s "
-        f"(median solo retrain on {basis['hardware']}; {how})")
+    n_noise = cfg.time_cap.noise_runs
+    if n_noise and len(basis.get("noise_run_times_s", [])) < n_noise and noise is not None:
+        log(f"time cap: timing {n_noise} runs of the {NOISE_PROBE} baseline for the run-time noise")
+        basis = {**basis, "noise_probe": NOISE_PROBE, "noise_run_times_s": noise(n_noise)}
+        basis_path.write_text(json.dumps(basis))
+    share = cfg.time_cap.share(cfg.recipe.epochs)
+    margin = timing_noise(basis.get("noise_run_times_s", [])[:n_noise]) if n_noise else 0.0
+    cap = share * basis["median_retrain_s"] * (1.0 + margin)
+    budget = ("fraction" if cfg.time_cap.fraction is not None
+              else f"{cfg.time_cap.budget_epochs:g} of the recipe's {cfg.recipe.epochs} epochs")
+    basis = {**basis, "fraction": share, "budget": budget, "retain_epochs": share * cfg.recipe.epochs,
+             "noise_p99": margin, "time_cap_s": cap}
+    log(f"time cap: {seconds_text(cap)} per run = {share:.3g} ({budget}) x {seconds_text(basis['median_retrain_s'])} "
+        f"(median solo retrain on {basis['hardware']}) x {1 + margin:.3f} (p99 run-time noise); {how}")
     return cap, basis
+
+
+def timing_noise(run_times: list[float]) -> float:
+    """How far a run's time strays above its typical value: p99 / median - 1 of one fixed
+    submission's repeated runs (with 16 repeats the p99 is close to the slowest run); 0 when
+    fewer than two runs are known."""
+    times = np.asarray([t for t in run_times if t is not None and t > 0], dtype=float)
+    if times.size < 2:
+        return 0.0
+    return max(0.0, float(np.percentile(times, 99) / np.median(times)) - 1.0)
+
+
+def _noise_run_times(prep: Prepared, executor: Executor, n: int, *, log) -> list[float]:
+    """`n` runs of the fixed noise probe, spread over every slot and sandboxed as scoring runs them
+    (the caller's backend, falling back to a plain process where no sandbox exists: trusted code)."""
+    entry = Entry(team=f"{BASELINE_PREFIX}{NOISE_PROBE}", path=baseline_path(NOISE_PROBE), kind="baseline", exempt=True)
+    plan = _Plan(entry, -1, list(range(n)), {})
+    slots = executor.slots(executor.default_resources(prep.device))
+    backend = resolve_backend(prep.cfg.sandbox.backend, allow_unsafe_fallback=True)
+    inputs = _shared_inputs(prep, executor)
+    units = _submission_units(prep, 0, plan, executor, inputs, n_runs=n, per_unit=max(1, -(-n // slots)),
+                              backend=backend, batch_format_override=None)
+    times: list[float] = []
+    try:
+        for _, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources(prep.device)):
+            if isinstance(outcome, UnitFailure):
+                raise HarnessError(f"timing the {NOISE_PROBE} baseline for the time cap failed ({outcome.kind}): {outcome.message}")
+            for run in outcome["runs"]:
+                if run["status"] != Status.OK.value:
+                    raise HarnessError(f"timing the {NOISE_PROBE} baseline for the time cap: run {run['run_index']} "
+                                       f"ended {run['status']} ({run['reason']}); the sandbox is not working here")
+                times.append(float(run["seconds"]))
+    finally:
+        executor.on_every_node(drop_node_data, (units[0].work_root, inputs["data_key"]))
+    return times
 
 
 def _measured_on(path: Path) -> str:
@@ -345,6 +403,7 @@ def score_entries(
     timings: Timings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    over_cap: float | None = None,
 ) -> list[EntryResult]:
     """Every entry's missing runs as units on `executor`, each run committed as its unit returns and
     each entry scored once all its units are back; results in the order of `entries`.
@@ -355,7 +414,8 @@ def score_entries(
     infrastructure or raised gets a failed score and no run rows, so a rerun retries exactly the
     missing runs. The teams in `rerun` run all their runs again, on purpose (`unlearn run --rerun
     TEAM`, a dry run's --fresh). Every replaced run is kept in the store's `superseded_runs` with
-    why it was replaced.
+    why it was replaced. `over_cap`: a participant's dry run's allowance past the cap (harness.sandbox
+    .run_worker); organizers' runs never pass it.
     """
     timings = timings or Timings()
     results: dict[int, EntryResult] = {}
@@ -387,7 +447,7 @@ def score_entries(
     for position, plan in list(plans.items()):
         try:
             units += _submission_units(prep, position, plan, executor, inputs, n_runs=n_runs, per_unit=per_unit,
-                                       backend=backend, batch_format_override=batch_format_override)
+                                       backend=backend, batch_format_override=batch_format_override, over_cap=over_cap)
         except Exception as exc:  # noqa: BLE001 - as above
             del plans[position]
             results[position] = _failed_entry(prep, plan.entry, store, Status.SANDBOX_ERROR, _reason(exc))
@@ -479,7 +539,8 @@ def _shared_inputs(prep: Prepared, executor: Executor) -> dict[str, Any]:
 
 
 def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Executor, inputs: dict[str, Any], *,
-                      n_runs: int, per_unit: int, backend: str, batch_format_override: str | None) -> list[RunSubmission]:
+                      n_runs: int, per_unit: int, backend: str, batch_format_override: str | None,
+                      over_cap: float | None = None) -> list[RunSubmission]:
     """The entry's missing runs split into units of `per_unit` runs, each one sandboxed worker."""
     cfg, entry = prep.cfg, plan.entry
     seeds = run_seeds(cfg, prep.leaderboard, n_runs)
@@ -494,6 +555,7 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
         "device": prep.device,
         "threads": executor.unit_threads(resources),
         "work_root": str(prep.run_dir / "work") if cfg.executor.kind == "local" else None,
+        "over_cap": None if entry.exempt else over_cap,
         "tag": position,
     }
     units = []
@@ -673,6 +735,7 @@ def dry_run(
     executor: Executor | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    over_cap_allowance: float | None = None,
 ) -> dict:
     """One participant's file, scored as the organizers would at this config's N; one record.
 
@@ -681,7 +744,11 @@ def dry_run(
     Its runs are stored under a key of everything that changes their outcome (dry_run_settings),
     so the same file with the same settings is served from the store, and says so; `fresh` runs
     them again. `executor`: units run there (a local pool by cfg.executor when None).
+    `over_cap_allowance` (e.g. 3.0): runs past the cap go on up to that many caps; the verdict stays
+    the organizers' `timeout`, and the record adds what the runs would have scored (`over_cap`).
     """
+    if over_cap_allowance is not None and not over_cap_allowance > 1:
+        raise HarnessError(f"the over-cap allowance must be above 1 (a multiple of the cap, e.g. 3x), got {over_cap_allowance:g}")
     path = Path(submission)
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; pass the path of a .py file defining unlearning()")
@@ -691,7 +758,8 @@ def dry_run(
     with writer_lock(cfg.run_dir / DRY_RUNS_DIR), borrowed(executor, cfg.executor) as executor:  # its own store's writer
         prep = prepare(cfg, executor=executor, progress=progress, log=log)
         settings = dry_run_settings(prep, path, backend=backend, batch_format=batch_format,
-                                    threads=executor.unit_threads(executor.default_resources(prep.device)))
+                                    threads=executor.unit_threads(executor.default_resources(prep.device)),
+                                    over_cap=over_cap_allowance)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         prep = replace(prep, run_dir=cfg.run_dir / DRY_RUNS_DIR)  # its scratch too stays apart
         store = Store(prep.run_dir / "results.sqlite", log_cap=cfg.sandbox.log_bytes)
@@ -708,11 +776,36 @@ def dry_run(
                 "pass --fresh to run them again")
         [result] = score_entries(prep, [entry], store, executor=executor, n_runs=n_runs, backend=backend,
                                  batch_format_override=batch_format, rerun={entry.team} if fresh else (),
-                                 progress=progress, log=log)
-    return {**dry_run_record(result, prep), "stored_runs": len(stored), "key": key, "store": str(store.path)}
+                                 progress=progress, log=log, over_cap=over_cap_allowance)
+        over = None if over_cap_allowance is None else over_cap_record(store, result, prep, over_cap_allowance)
+    return {**dry_run_record(result, prep), "over_cap": over, "stored_runs": len(stored), "key": key, "store": str(store.path)}
 
 
-def dry_run_settings(prep: Prepared, path: Path, *, backend: str, batch_format: str | None, threads: int) -> dict:
+def over_cap_record(store: Store, result: EntryResult, prep: Prepared, allowance: float) -> dict:
+    """What a dry run with an over-cap allowance adds: each run past the cap (by how much) and,
+    when every run finished within the allowance, the score they would have earned; the
+    verdict itself stays the organizers'."""
+    n_runs, cap = prep.cfg.submissions.n_runs, prep.time_cap_s
+    runs = select_runs(store.runs(result.submission_id, prep.leaderboard), n_runs).runs
+    late = [{"run": r.run_index, "seconds": r.seconds, "over_s": r.seconds - cap, "ratio": r.seconds / cap}
+            for r in runs if r.status is Status.TIMEOUT and r.seconds is not None]
+    usable = [r for r in runs if r.status in (Status.OK, Status.TIMEOUT) and r.confs_file is not None]
+    record = {"allowance": allowance, "time_cap_s": cap, "runs_over_cap": late, "would_score": None,
+              "note": None}
+    if len(usable) < n_runs:
+        record["note"] = (f"{n_runs - len(usable)} of {n_runs} runs did not finish within {allowance:g}x the cap "
+                          "(or failed otherwise): no score to show")
+        return record
+    confs = np.stack([store.load_confs(r) for r in usable])
+    score = score_run_records(usable, confs, prep.references.confs, prep.references, noise_floor=prep.noise_floor)
+    record["would_score"] = {"final_score": score.final_score, "forget_quality": score.forget_quality,
+                             "ci_95": [score.ci_low, score.ci_high], "retain_ratio": score.retain_ratio,
+                             "test_ratio": score.test_ratio}
+    return record
+
+
+def dry_run_settings(prep: Prepared, path: Path, *, backend: str, batch_format: str | None, threads: int,
+                     over_cap: float | None = None) -> dict:
     """Everything that changes a dry run's outcome; its hash keys the stored runs, so a change to
     any (the file, an override, the original, the forget set, the cap...) never replays old runs."""
     cfg, n_runs = prep.cfg, prep.cfg.submissions.n_runs
@@ -730,6 +823,7 @@ def dry_run_settings(prep: Prepared, path: Path, *, backend: str, batch_format: 
         "code_version": __version__,
         "time_cap_s": prep.time_cap_s,
         "grace_s": cfg.time_cap.grace_s,
+        "over_cap_allowance": over_cap,
         "model": [cfg.model.name, cfg.model.num_classes],
         "original": file_version(prep.original_path),
         "task": prep.task.fingerprint,  # the images and every split: the forget set among them

@@ -106,6 +106,7 @@ def run_worker(
     on_run: Callable[[RunResult], None] | None = None,
     grace_s: float = 10.0,
     startup_timeout_s: float = 120.0,
+    over_cap: float | None = None,
 ) -> list[RunResult]:
     """Run a submission's `n_runs` runs, one process each, in a sandbox; every run gets a RunResult.
 
@@ -113,6 +114,10 @@ def run_worker(
     the harness's own steps (a fork, the clean-up between runs); `startup_timeout_s` the
     sandbox's start (torch, data, warm-up). `on_run` is called once per run, in order, as soon as
     it is known, so callers can commit each run at once.
+
+    `over_cap` (a participant's dry run only, never organizers'): a run past the cap is still a
+    `timeout`, but it may go on to `over_cap` x the cap, and one that finishes by then keeps its
+    validated weights (so the caller can say what it would have scored) and the next runs go on.
     """
     inbox, outbox = Path(inbox).resolve(), Path(outbox).resolve()
     missing = [name for name in INBOX_FILES if not (inbox / name).is_file()]
@@ -134,7 +139,7 @@ def run_worker(
 
     context = _Context(seeds=spec.seeds, cap=time_cap_s, grace=grace_s, startup_timeout=startup_timeout_s, limits=limits,
                        inbox=inbox, outbox=outbox, exchange=exchange, device=device, record=record, results=results,
-                       source_name=spec.source_name or SUBMISSION)
+                       source_name=spec.source_name or SUBMISSION, over_cap=over_cap)
     try:
         chosen = resolve_backend(backend, allow_unsafe_fallback=False) if backend == "auto" else backend
         runner = get_backend(chosen) if isinstance(chosen, str) else chosen
@@ -168,6 +173,7 @@ class _Context:
     record: Callable[[RunResult], None]
     results: dict[int, RunResult]
     source_name: str  # the participant's file name, as public reasons may name it
+    over_cap: float | None = None  # a dry run's bound past the cap (x cap); None: killed at the cap
     aborted: bool = False  # the caller's on_run raised: stop at once
 
     @property
@@ -345,7 +351,7 @@ class _Session:
         result = RunResult(index, self.c.seeds[index], status, reason, round(seconds, 6), peak, log, weights,
                            _number((exited.claim or {}).get("peak_gpu_mb")), cpu, round(window, 6), scratch)
         self.c.record(result)
-        if status is Status.TIMEOUT:
+        if status is Status.TIMEOUT and weights is None:
             raise _Stop(Status.TIMEOUT, reason, f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap "
                                                 f"(took {seconds_text(seconds)})", seconds=seconds)
 
@@ -353,7 +359,8 @@ class _Session:
         """Start run `index`, watch it, and return (its host-seen window, its exit line)."""
         self._send(f"run {index}")
         t0, _ = self._next("started", deadline=time.monotonic() + self.c.grace, phase="fork", index=index)
-        deadline = None if cap is None else t0 + self.allowance + cap + cap_slack(cap)
+        bound = cap if cap is None or self.c.over_cap is None else cap * self.c.over_cap
+        deadline = None if cap is None else t0 + self.allowance + bound + cap_slack(bound)
         if index < 0:
             deadline = t0 + self.c.startup_timeout
         stopped, exited = self._next("exited", deadline=deadline, phase="run", index=index, since=t0)
@@ -375,11 +382,15 @@ class _Session:
             return Status.EXCEPTION, "the run's report is malformed (the submission wrote into the harness's channel)", None
         if status is not Status.OK:
             return status, self._public(claim.get("reason"), status), None
-        if self.c.cap is not None and seconds > self.c.cap:
+        over = self.c.cap is not None and seconds > self.c.cap
+        if over and self.c.over_cap is None:
             return Status.TIMEOUT, f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap", None
         weights, problem = self._take_weights(index)
         if problem is not None:
             return Status.BAD_WEIGHTS, problem, None
+        if over:  # a dry run's allowance: the organizers' verdict, and weights to say what it would score
+            return Status.TIMEOUT, (f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap "
+                                    f"(finished within the dry run's {self.c.over_cap:g}x allowance)"), weights
         return Status.OK, None, weights
 
     def _public(self, reason: str | None, status: Status) -> str:
@@ -488,7 +499,8 @@ class _Session:
         self._kill()
         if phase == "run" and index is not None and index >= 0:
             seconds = max(0.0, now - since - self.allowance)
-            raise _Stop(Status.TIMEOUT, f"ran {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap; killed",
+            beyond = "" if self.c.over_cap is None else f" and the dry run's {self.c.over_cap:g}x allowance"
+            raise _Stop(Status.TIMEOUT, f"ran {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap{beyond}; killed",
                         f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap (killed after {seconds_text(seconds)})",
                         seconds=seconds)
         what = {"boot": f"did not start within {self.c.startup_timeout:.0f} s (loading torch and the data)",
