@@ -107,7 +107,7 @@ def test_time_cap_cached_on_other_hardware_is_not_used_and_says_so(tmp_path):
         said.clear()
         again = prepare(cfg, executor=executor, progress=False, log=said.append)
     assert again.time_cap_s == measured.time_cap_s
-    assert any(line.startswith("time cap:") and line.endswith("cached)") for line in said)
+    assert any(line.startswith("time cap:") and line.endswith("; cached") for line in said)
 
 
 def test_a_submission_file_named_like_a_baseline_team_is_refused(tmp_path):
