@@ -28,7 +28,7 @@ COPY harness ./harness
 COPY configs ./configs
 COPY baselines ./baselines
 RUN pip install . \
-    && python -c "import torch, torchvision, harness.sandbox.worker, harness.models, harness.data.loaders" \
+    && python -c "import torch, torchvision, harness.sandbox.worker, harness.learn.models, harness.data.loaders" \
     && mkdir -p /sandbox/inbox /sandbox/outbox /sandbox/control /sandbox/parent-tmp /kaggle/tmp /kaggle/working
 
 WORKDIR /kaggle/working

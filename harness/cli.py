@@ -38,7 +38,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import run_competition
+    from harness.compete.runner import run_competition
 
     cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device",
                   executor="executor.kind", address="executor.address")
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
     )
-    from harness.leaderboard import format_leaderboard
+    from harness.results.leaderboard import format_leaderboard
 
     print(format_leaderboard(table))
     print(f"\nwritten to {cfg.run_dir}/", file=sys.stderr)
@@ -66,7 +66,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from harness.runner import dry_run
+    from harness.compete.runner import dry_run
 
     cfg = _config(args, n_runs="submissions.n_runs", n_models="references.n_models", output="output.dir", device="device",
                   executor="executor.kind", address="executor.address")
@@ -139,7 +139,7 @@ def _allowance(text: str) -> float:
 
 
 def cmd_metric(args: argparse.Namespace) -> int:
-    from harness.metric_report import format_metric_report, metric_report
+    from harness.scoring.metric_report import format_metric_report, metric_report
 
     report = metric_report(args.unlearned, args.retrained)
     _emit(report, args.json, format_metric_report(report))
@@ -147,7 +147,7 @@ def cmd_metric(args: argparse.Namespace) -> int:
 
 
 def cmd_data_describe(args: argparse.Namespace) -> int:
-    from harness.describe import describe_task, format_description
+    from harness.learn.describe import describe_task, format_description
 
     cfg = _config(args)
     report = describe_task(cfg, measure=not args.no_measure)
@@ -156,8 +156,8 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_references_export(args: argparse.Namespace) -> int:
-    from harness.references import export_references
-    from harness.runner import prepare
+    from harness.compete.references import export_references
+    from harness.compete.runner import prepare
 
     cfg = _config(args)
     prep = prepare(cfg, log=lambda msg: print(msg, file=sys.stderr))
@@ -167,9 +167,9 @@ def cmd_references_export(args: argparse.Namespace) -> int:
 
 
 def cmd_references_import(args: argparse.Namespace) -> int:
-    from harness.references import import_references
+    from harness.compete.references import import_references
 
-    from harness.lock import writer_lock
+    from harness.results.lock import writer_lock
 
     cfg = _config(args)
     cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else cfg.run_dir / "cache"
@@ -180,7 +180,7 @@ def cmd_references_import(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import format_leaderboard, publish_leaderboard
+    from harness.results.leaderboard import format_leaderboard, publish_leaderboard
 
     table = publish_leaderboard(args.run_dir, reveal_private=args.reveal_private, publish_logs=args.publish_logs)
     print(format_leaderboard(table))
@@ -188,7 +188,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from harness.rescore import rescore
+    from harness.results.rescore import rescore
 
     run_dir = Path(args.run_dir)
     n = rescore(run_dir, log=print)
@@ -197,7 +197,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_check_baselines(args: argparse.Namespace) -> int:
-    from harness.check_baselines import check_baselines, format_check
+    from harness.compete.check_baselines import check_baselines, format_check
 
     cfg = _config(args) if args.config is not None else None  # None: the config the expected file names
     report = check_baselines(cfg, expected=args.expected)

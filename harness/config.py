@@ -74,7 +74,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"  # a name in harness.models.MODELS
+    name: str = "resnet18"  # a name in harness.learn.models.MODELS
     num_classes: int = 10
     checkpoint: str | None = None  # a state_dict file (Kaggle's original_model.pth); else trained
 

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from harness.check_baselines import FIGURES, TOLERANCE_FLOORS, expected_spec
+from harness.compete.check_baselines import FIGURES, TOLERANCE_FLOORS, expected_spec
+from harness.compete.runner import run_competition
 from harness.config import load_config
-from harness.runner import run_competition
 
 
 def figures_of(cfg) -> list[dict]:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.baselines import BASELINES, baseline_path
+from harness.compete.baselines import BASELINES, baseline_path
 from harness.config import load_config, resolve_device
 from harness.data.loaders import class_weights, make_loader
 from harness.data.task import build_task
-from harness.evaluation import evaluate
-from harness.models import build_model
-from harness.training import train_model
+from harness.learn.evaluation import evaluate
+from harness.learn.models import build_model
+from harness.learn.training import train_model
 
 
 def clock(device: torch.device) -> float:

@@ -3,12 +3,12 @@
 1. Scores a fresh competition (nothing cached) on a config (default: the embedded default) and
    splits its wall time into training, submission compute (inside `unlearning()`), evaluation,
    metric and the harness's overhead (task, data hand-off, sandbox start and per-run set-up,
-   clean-up, store, worker processes' start), each timed where it runs (harness.timing), and the
+   clean-up, store, worker processes' start), each timed where it runs (harness.compete.timing), and the
    cores left idle while a unit must run alone. Parts are core-seconds: shares are of wall time
    x cores. What no part claims is idle or untimed (cores waiting for the last unit of a phase)
    and is printed, not hidden.
 2. Evaluation beside a bare no-grad forward loop of the same model over the same images, on the
-   same device and threads: harness.evaluation.evaluate's throughput, and the throughput
+   same device and threads: harness.learn.evaluation.evaluate's throughput, and the throughput
    evaluation reached inside the competition.
 3. Competition scale (ResNet-18, 32x32, N = 512, the organizers' recipe: 30 epochs, batch 64):
    per-unit costs measured here (a training step, an evaluation pass, a sandbox start, the
@@ -36,15 +36,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import metric  # noqa: E402
+from harness.compete.runner import run_competition  # noqa: E402
+from harness.compete.timing import OVERHEAD, WAITING, WORK, Timings  # noqa: E402
 from harness.config import RecipeConfig, load_config  # noqa: E402
 from harness.data.task import build_task  # noqa: E402
-from harness.evaluation import evaluate  # noqa: E402
-from harness.models import build_model, load_weights  # noqa: E402
-from harness.runner import run_competition  # noqa: E402
-from harness.store import Store  # noqa: E402
-from harness.timing import OVERHEAD, WAITING, WORK, Timings  # noqa: E402
-from harness.training import torch_threads, train_model  # noqa: E402
+from harness.learn.evaluation import evaluate  # noqa: E402
+from harness.learn.models import build_model, load_weights  # noqa: E402
+from harness.learn.training import torch_threads, train_model  # noqa: E402
+from harness.results.store import Store  # noqa: E402
+from harness.scoring import metric  # noqa: E402
 
 TARGETS = {"overhead": 0.05, "evaluation_vs_bare": 0.80, "metric": 0.01}
 EVAL_BATCH = 256  # evaluate()'s batch

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.config import SandboxConfig  # noqa: E402
 from harness.data.loaders import save_split  # noqa: E402
-from harness.models import build_model  # noqa: E402
+from harness.learn.models import build_model  # noqa: E402
 from harness.sandbox import run_worker  # noqa: E402
 
 WELL_BEHAVED = '''

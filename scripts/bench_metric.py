@@ -1,7 +1,7 @@
-"""Time harness.metric.epsilons at competition scale, beside the straightforward algorithm.
+"""Time harness.scoring.metric.epsilons at competition scale, beside the straightforward algorithm.
 
 Default: S = 3000 forget examples, N = 512 models (target: <= 10 s on 2 cores, peak memory
-< 2 GiB). The straightforward implementation (harness.metric_reference: thresholds tiled
+< 2 GiB). The straightforward implementation (tests/metric_reference.py: thresholds tiled
 against models, one example at a time, as the released code does) runs on a few examples of
 the same data; its time is scaled to S and both must agree exactly on those examples.
 
@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness import metric, metric_reference
+from harness.scoring import metric
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracle
+import metric_reference  # noqa: E402
 
 
 def confidences(n: int, s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

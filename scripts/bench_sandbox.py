@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from harness.config import SandboxConfig
 from harness.data.loaders import save_split
-from harness.models import build_model
+from harness.learn.models import build_model
 from harness.sandbox import run_worker
 from harness.sandbox.backends import bwrap_status
 

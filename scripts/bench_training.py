@@ -21,9 +21,9 @@ import torch
 from harness.config import load_config, resolve_device
 from harness.data.loaders import class_weights
 from harness.data.task import build_task
-from harness.evaluation import evaluate
-from harness.models import ModelSpec
-from harness.training import TRAINING_PATHS, choose_path, hardware_description, train_many
+from harness.learn.evaluation import evaluate
+from harness.learn.models import ModelSpec
+from harness.learn.training import TRAINING_PATHS, choose_path, hardware_description, train_many
 
 
 def bench_path(path, spec, arrays, recipe, *, n_models, weights, device, workers):

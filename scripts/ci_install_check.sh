@@ -60,7 +60,7 @@ bad = [(r["team"], r["status"], r["reason"]) for r in rows if r["status"] != "ok
 if not rows or bad:
     raise SystemExit(f"install check: unlearn run scored {bad or 'nothing'}")
 PY
-finetune=$("$venv/bin/python" -c 'from harness.baselines import baseline_path; print(baseline_path("finetune"))')
+finetune=$("$venv/bin/python" -c 'from harness.compete.baselines import baseline_path; print(baseline_path("finetune"))')
 case "$finetune" in
   "$venv"/*) ;;
   *) echo "install check: the baselines come from $finetune, not from the installed package" >&2; exit 1 ;;

@@ -1,4 +1,4 @@
-"""The bundled baselines (baselines/*.py), the example submission, and harness.baselines."""
+"""The bundled baselines (baselines/*.py), the example submission, and harness.compete.baselines."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.baselines import BASELINES, baseline_path
+from harness.compete.baselines import BASELINES, baseline_path
 from harness.data.loaders import make_loader
 from harness.errors import HarnessError
-from harness.models import validate_state_dict
+from harness.learn.models import validate_state_dict
 
 NAMES = [
     "do_nothing",

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.check_baselines import DEFAULT_EXPECTED, expected_config, expected_spec, load_expected
 from harness.cli import main
+from harness.compete.check_baselines import DEFAULT_EXPECTED, expected_config, expected_spec, load_expected
 from harness.config import load_config
 from harness.errors import ConfigError
 

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.evaluation import Evaluation, evaluate, predict_logits
-from harness.metric import logit_scaled_confidence
-from harness.models import build_model
+from harness.learn.evaluation import Evaluation, evaluate, predict_logits
+from harness.learn.models import build_model
+from harness.scoring.metric import logit_scaled_confidence
 
 
 @pytest.fixture(autouse=True)

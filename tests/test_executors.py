@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.compete.executors import EXECUTORS, LocalExecutor, Resources, UnitFailure, make_executor
 from harness.config import ExecutorConfig, RecipeConfig
 from harness.errors import ConfigError, HarnessError
-from harness.executors import EXECUTORS, LocalExecutor, Resources, UnitFailure, make_executor
 
 TESTS = Path(__file__).resolve().parent
 RAY_ENV = {
@@ -37,8 +37,8 @@ def train_unit(seed: int) -> dict:
     """A tiny real training unit: a small CNN, two epochs on 32 images."""
     import torch
 
-    from harness.models import ModelSpec
-    from harness.training import init_model, train_model
+    from harness.learn.models import ModelSpec
+    from harness.learn.training import init_model, train_model
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, 32)

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import metric
 from harness.errors import HarnessError
-from harness.leaderboard import COLUMNS, build_leaderboard, format_leaderboard, write_leaderboard
-from harness.store import Store
+from harness.results.leaderboard import COLUMNS, build_leaderboard, format_leaderboard, write_leaderboard
+from harness.results.store import Store
+from harness.scoring import metric
 
 S, N = 24, 6  # forget examples, runs / reference models
 PRIVATE_MARKER = "zz-private-only-marker"

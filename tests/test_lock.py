@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.lock import FolderLockedError, lock_holder, writer_lock
+from harness.results.lock import FolderLockedError, lock_holder, writer_lock
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 OLD_STORE = Path(__file__).parent / "data" / "store-ce713d5"
@@ -22,7 +22,7 @@ OLD_STORE = Path(__file__).parent / "data" / "store-ce713d5"
 _HOLDER = textwrap.dedent(
     """
     import sys
-    from harness.lock import writer_lock
+    from harness.results.lock import writer_lock
 
     with writer_lock(sys.argv[1], command="holder for a test"):
         print("held", flush=True)
@@ -120,7 +120,7 @@ def test_the_lock_is_reentrant_in_a_process_and_released_after(tmp_path):
 
 
 def _take_in_another_process(run_dir: Path) -> str:
-    code = "import sys\nfrom harness.lock import writer_lock\nwith writer_lock(sys.argv[1]):\n    pass\n"
+    code = "import sys\nfrom harness.results.lock import writer_lock\nwith writer_lock(sys.argv[1]):\n    pass\n"
     out = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": _root()}, timeout=60)
     return out.stderr

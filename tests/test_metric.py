@@ -1,5 +1,5 @@
-"""harness.metric against the organizers' released numbers, hand-checked cases, and the
-straightforward implementation of the same algorithm (harness.metric_reference)."""
+"""harness.scoring.metric against the organizers' released numbers, hand-checked cases, and the
+straightforward implementation of the same algorithm (tests/metric_reference.py)."""
 
 from pathlib import Path
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import metric, metric_reference
+import metric_reference
 from harness.errors import HarnessError
+from harness.scoring import metric
 
 VECTORS = Path(__file__).parent / "data" / "metric_vectors.npz"
 
@@ -204,7 +205,7 @@ def test_rates_are_float32_count_over_n_like_torch_mean():
 
 
 def test_left_thresholds_are_numpy_linspace_rows():
-    # harness.metric computes single left thresholds as i * step + start (stop at the end),
+    # harness.scoring.metric computes single left thresholds as i * step + start (stop at the end),
     # which is what np.linspace does row by row
     rng = np.random.default_rng(0)
     right = np.linspace(-1.37, 2.63, 401) + rng.normal() * 30

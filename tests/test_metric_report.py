@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from harness import metric
 from harness.errors import HarnessError
-from harness.metric_report import format_metric_report, metric_report
+from harness.scoring import metric
+from harness.scoring.metric_report import format_metric_report, metric_report
 
 
 @pytest.fixture

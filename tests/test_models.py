@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.models import (
+from harness.learn.models import (
     MODELS,
     ModelSpec,
     build_model,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.compete.runner import run_competition
 from harness.config import load_config
-from harness.runner import run_competition
-from harness.store import Store
+from harness.results.store import Store
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -92,8 +92,8 @@ def record_node(folder: str) -> None:
 
 
 def test_on_every_node_runs_once_on_each_node(cluster, tmp_path):
+    from harness.compete.executors import make_executor
     from harness.config import ExecutorConfig
-    from harness.executors import make_executor
 
     from ray import cloudpickle
 

@@ -5,12 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import harness.references as references_module
-from harness.config import ForgetConfig, ModelConfig, RecipeConfig, ReferencesConfig, TaskConfig
-from harness.data.task import build_task
-from harness.errors import HarnessError
-from harness.units import solo_hardware
-from harness.references import (
+import harness.compete.references as references_module
+from harness.compete.references import (
     References,
     export_references,
     import_references,
@@ -19,7 +15,11 @@ from harness.references import (
     references_meta,
     train_references,
 )
-from harness.training import hardware_description
+from harness.config import ForgetConfig, ModelConfig, RecipeConfig, ReferencesConfig, TaskConfig
+from harness.data.task import build_task
+from harness.errors import HarnessError
+from harness.compete.units import solo_hardware
+from harness.learn.training import hardware_description
 
 TASK = build_task(TaskConfig(options={"n_persons": 30, "images_per_person": [4, 6]}, forget=ForgetConfig(by="person", count=3)))
 MODEL = ModelConfig(name="small-cnn")
@@ -238,8 +238,8 @@ def test_train_references_vmap_units_train_chunks(trained, tmp_path):
 
 
 def test_train_references_on_a_given_executor_reuses_its_pool(trained, tmp_path):
+    from harness.compete.executors import make_executor
     from harness.config import ExecutorConfig
-    from harness.executors import make_executor
 
     _, refs = trained
     with make_executor(ExecutorConfig(workers=2)) as executor:

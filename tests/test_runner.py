@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.compete.runner import discover_entries, dry_run, run_competition
 from harness.config import load_config
-from harness.runner import discover_entries, dry_run, run_competition
-from harness.store import Store
+from harness.results.store import Store
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 
@@ -146,8 +146,8 @@ def test_dry_run_batch_format_override_feeds_tuples(tmp_path):
 
 
 def test_rescore_recomputes_the_same_scores_from_the_store(competition):
-    from harness.leaderboard import build_leaderboard
-    from harness.rescore import rescore
+    from harness.results.leaderboard import build_leaderboard
+    from harness.results.rescore import rescore
 
     cfg, table = competition
     assert rescore(cfg.run_dir) >= 4
@@ -171,7 +171,7 @@ def _expected_file(path: Path, table, *, nudge: float = 0.0) -> Path:
 
 
 def test_check_baselines_passes_on_the_same_seeds(competition, tmp_path):
-    from harness.check_baselines import check_baselines
+    from harness.compete.check_baselines import check_baselines
 
     cfg, table = competition
     report = check_baselines(cfg, expected=_expected_file(tmp_path / "e.yaml", table))
@@ -179,7 +179,7 @@ def test_check_baselines_passes_on_the_same_seeds(competition, tmp_path):
 
 
 def test_check_baselines_names_what_drifted(competition, tmp_path):
-    from harness.check_baselines import check_baselines, format_check
+    from harness.compete.check_baselines import check_baselines, format_check
 
     cfg, table = competition
     report = check_baselines(cfg, expected=_expected_file(tmp_path / "e.yaml", table, nudge=0.5))
@@ -189,9 +189,9 @@ def test_check_baselines_names_what_drifted(competition, tmp_path):
 
 def test_an_entry_alone_is_spread_over_the_workers(tmp_path):
     """One entry's runs fill every worker: two workers, two sandboxed units of two runs each."""
-    from harness.executors import make_executor
-    from harness.runner import Entry, open_store, prepare, score_entries
-    from harness.baselines import baseline_path
+    from harness.compete.baselines import baseline_path
+    from harness.compete.executors import make_executor
+    from harness.compete.runner import Entry, open_store, prepare, score_entries
 
     cfg = tiny_config(tmp_path, **{"executor.workers": 2})
     store = open_store(cfg)
@@ -272,9 +272,9 @@ def test_runs_the_sandbox_failed_run_again_next_time(tmp_path):
     """The node cannot start the sandbox (no Docker daemon here): the harness's failure, not the
     submission's. The runs are sandbox_error with the reason; once the sandbox works, the next
     scoring runs them again and replaces those rows."""
-    from harness.baselines import baseline_path
-    from harness.executors import make_executor
-    from harness.runner import Entry, open_store, prepare, score_entries
+    from harness.compete.baselines import baseline_path
+    from harness.compete.executors import make_executor
+    from harness.compete.runner import Entry, open_store, prepare, score_entries
 
     cfg = tiny_config(tmp_path, **{"executor.workers": 1})
     store = open_store(cfg)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.check_baselines import check_baselines
 from harness.cli import main
+from harness.compete.check_baselines import check_baselines
+from harness.compete.executors import make_executor
+from harness.compete.runner import board_task, discover_entries, prepare, run_competition, time_cap_file
 from harness.config import load_config
 from harness.errors import HarnessError, SubmissionError
-from harness.executors import make_executor
-from harness.runner import board_task, discover_entries, prepare, run_competition, time_cap_file
-from harness.store import Store
-from harness.training import hardware_identity
+from harness.learn.training import hardware_identity
+from harness.results.store import Store
 from kaggle_layout import write_kaggle_layout
 
 ROOT = Path(__file__).resolve().parent.parent

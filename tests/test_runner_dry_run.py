@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from harness.compete.executors import make_executor
+from harness.compete.runner import DRY_RUNS_DIR, dry_run, run_competition
 from harness.config import load_config
-from harness.executors import make_executor
-from harness.models import build_model
-from harness.runner import DRY_RUNS_DIR, dry_run, run_competition
-from harness.store import Store
+from harness.learn.models import build_model
+from harness.results.store import Store
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 QUIET = {"progress": False, "log": lambda _: None}

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.compete.runner import run_competition
 from harness.config import load_config
-from harness.leaderboard import build_leaderboard
-from harness.rescore import rescore
-from harness.runner import run_competition
-from harness.scoring import score_run_records
-from harness.store import Store
+from harness.results.leaderboard import build_leaderboard
+from harness.results.rescore import rescore
+from harness.results.store import Store
+from harness.scoring.scores import score_run_records
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ SAME = ["team", "status", "final_score", "forget_quality", "ci_low", "ci_high", 
 KILLED_WHILE_COMMITTING = textwrap.dedent(
     """
     import os, signal, sys
-    import harness.store as store
+    import harness.results.store as store
 
     original = store.Store._save_array
     saved = []

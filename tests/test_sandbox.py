@@ -18,8 +18,8 @@ from harness.sandbox import fsguard
 from harness.sandbox.backends import Exchange, SandboxUnavailable, bwrap_status, check_readable, docker_status, python_paths
 from harness.sandbox.limits import Rlimits, acquire_uid, cores_for, count_tasks, exec_command, rlimits_for
 from harness.sandbox.logs import CappedLog, LogSplitter
+from harness.sandbox.outcomes import ExitInfo, classify_exit, exception_status, exit_from_returncode, one_line
 from harness.sandbox.protocol import MARKER, MARKER_END, ControlLine, WorkerSpec, parse_control_line, parse_spec
-from harness.sandbox.statuses import ExitInfo, classify_exit, exception_status, exit_from_returncode, one_line
 
 SPEC = {"model": "small-cnn", "num_classes": 10, "in_channels": 3, "batch_size": 64, "device": "cpu", "seeds": [1, 2]}
 
@@ -534,7 +534,7 @@ class _Compiled:
 def test_unwrap_finds_the_model_inside_wrappers(wrap):
     import torch
 
-    from harness.models import build_model
+    from harness.learn.models import build_model
     from harness.sandbox.worker import unwrap
 
     model = build_model("small-cnn")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.config import SandboxConfig
 from harness.data.loaders import save_split
-from harness.models import build_model
+from harness.learn.models import build_model
 from harness.sandbox import RunResult, Status, run_worker
 from harness.sandbox.backends import bwrap_status, docker_status
 from harness.sandbox.limits import count_tasks

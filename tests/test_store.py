@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
+from harness.results.store import SCHEMA_VERSION, DuplicateRunError, NotAStoreError, Store, cap_log
 from harness.statuses import STATUS_DOCS, Status
-from harness.store import SCHEMA_VERSION, DuplicateRunError, NotAStoreError, Store, cap_log
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_add_submission_rejects_missing_file(store, tmp_path):
 
 
 def test_add_submission_checks_a_given_version(store, sub_file):
-    from harness.store import file_version
+    from harness.results.store import file_version
 
     assert store.add_submission(sub_file, team="a", version=file_version(sub_file)) == 1
     with pytest.raises(HarnessError, match="but version 'deadbeef' was given"):
@@ -379,7 +379,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from harness.store import Store
+    from harness.results.store import Store
 
     store = Store(sys.argv[1])
     sid = store.add_submission(sys.argv[2], team="a")
@@ -449,8 +449,8 @@ def _old_rows(db, sql):
 
 
 def test_store_migrates_a_store_written_by_ce713d5_and_rescores_it(old_store_dir):
-    from harness.leaderboard import build_leaderboard
-    from harness.rescore import rescore
+    from harness.results.leaderboard import build_leaderboard
+    from harness.results.rescore import rescore
     from harness.sandbox.protocol import PROTOCOL_VERSION
 
     db = old_store_dir / "results.sqlite"
@@ -552,7 +552,7 @@ def _published(run_dir: Path) -> dict:
 def test_commands_refuse_a_bad_store_and_rewrite_nothing_published(old_store_dir, capsys, kind, why):
     """The leaderboard CSV/MD and the site's plots stay as they were: nothing is published from it."""
     from harness.cli import main
-    from harness.leaderboard import write_leaderboard
+    from harness.results.leaderboard import write_leaderboard
 
     with Store(old_store_dir / "results.sqlite") as s:
         write_leaderboard(s, old_store_dir)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from harness.cli import build_parser
+from harness.compete.executors import make_executor
+from harness.compete.runner import dry_run, prepare, timing_noise
 from harness.config import COMPETITION_RETAIN_EPOCHS, load_config
 from harness.errors import ConfigError, HarnessError
-from harness.executors import make_executor
-from harness.runner import dry_run, prepare, timing_noise
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 QUIET = {"progress": False, "log": lambda _: None}

@@ -8,8 +8,8 @@ from torch import nn
 
 from harness.config import RecipeConfig
 from harness.errors import HarnessError
-from harness.models import ModelSpec
-from harness.training import (
+from harness.learn.models import ModelSpec
+from harness.learn.training import (
     choose_path,
     hardware_description,
     init_model,
@@ -253,8 +253,8 @@ def test_train_many_finish_runs_on_each_trained_model(path):
 
 
 def test_train_plain_runs_the_recipe_through_a_loader_deterministically():
-    from harness.models import build_model
-    from harness.training import train_plain
+    from harness.learn.models import build_model
+    from harness.learn.training import train_plain
 
     rng = np.random.default_rng(0)
     arrays = {

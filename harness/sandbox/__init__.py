@@ -23,7 +23,7 @@ _EXPORTS = {
     "bwrap_command": "harness.sandbox.backends",
     "BwrapPlan": "harness.sandbox.backends",
     "SandboxUnavailable": "harness.sandbox.backends",
-    "Status": "harness.sandbox.statuses",
+    "Status": "harness.sandbox.outcomes",
     "WorkerSpec": "harness.sandbox.protocol",
 }
 

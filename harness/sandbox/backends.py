@@ -43,8 +43,8 @@ from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.sandbox.cgroups import SandboxGroup
 from harness.sandbox.limits import UidSlot, acquire_uid, cores_for, current_slot, exec_command, rlimits_for
+from harness.sandbox.outcomes import ExitInfo, exit_from_returncode
 from harness.sandbox.protocol import CONTROL_ENV, OWN_PID_NAMESPACE_ENV, PARENT_TMP_ENV, RUN_UID_ENV, THREADS_ENV
-from harness.sandbox.statuses import ExitInfo, exit_from_returncode
 
 SANDBOX_INBOX = "/sandbox/inbox"
 SANDBOX_OUTBOX = "/sandbox/outbox"
@@ -138,7 +138,7 @@ BACKENDS: Registry[type] = Registry("sandbox backend")
 # -- environment inside ---------------------------------------------------------------------
 def worker_threads(limits: SandboxConfig) -> int:
     """One thread unless sandbox.cpus says otherwise: the time cap's retrains are timed with the
-    same count (harness.training.timing_threads), so a run and its cap compare like with like."""
+    same count (harness.learn.training.timing_threads), so a run and its cap compare like with like."""
     if limits.cpus is not None:
         return max(1, int(limits.cpus))
     return 1

@@ -43,8 +43,8 @@ from harness.errors import HarnessError
 from harness.sandbox import fsguard
 from harness.sandbox.backends import SCRATCH_DIRS, Backend, Exchange, Launched, Placement, get_backend, resolve_backend
 from harness.sandbox.logs import LogSplitter
+from harness.sandbox.outcomes import ExitInfo, Status, classify_exit, describe_exit, one_line
 from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, RUNS, SUBMISSION, ControlLine, parse_control_line, read_spec, weights_name
-from harness.sandbox.statuses import ExitInfo, Status, classify_exit, describe_exit, one_line
 
 EXCHANGE = "exchange"
 POLL_S = 0.02
@@ -405,7 +405,7 @@ class _Session:
         """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes."""
         from safetensors.torch import load as load_bytes
 
-        from harness.models import validate_state_dict
+        from harness.learn.models import validate_state_dict
 
         source = self.scratch_dirs[0] / weights_name(index)
         limit = min(self.weights_limit, self.c.limits.max_file_size_mb * MIB)

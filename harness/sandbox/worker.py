@@ -40,6 +40,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from harness.sandbox.outcomes import Status, exception_status, one_line
 from harness.sandbox.protocol import (
     CONTROL_ENV,
     MARKER,
@@ -54,7 +55,6 @@ from harness.sandbox.protocol import (
     read_spec,
     weights_name,
 )
-from harness.sandbox.statuses import Status, exception_status, one_line
 
 TRACEBACK_LINES = 30
 CLAIM_BYTES = 64 * 1024
@@ -132,7 +132,7 @@ class Zygote:
         from safetensors.torch import load_file
 
         from harness.data.loaders import load_split
-        from harness.models import build_model
+        from harness.learn.models import build_model
 
         torch.set_num_threads(1)  # warm up single-threaded: a forked child inherits no thread pool
         for name in PRELOAD:

@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.compete.executors import Executor, UnitFailure, borrowed
+from harness.compete.timing import Timings
+from harness.compete.units import TrainReferences, share_evaluation_sets, solo_hardware
+from harness.compete.units import train_references as train_reference_models
 from harness.config import ExecutorConfig, ModelConfig, RecipeConfig, ReferencesConfig
 from harness.data.loaders import class_weights
 from harness.errors import HarnessError
-from harness.executors import Executor, UnitFailure, borrowed
-from harness.models import ModelSpec
-from harness.training import (
+from harness.learn.models import ModelSpec
+from harness.learn.training import (
     TRAINING_PATHS,
     choose_path,
     hardware_description,
@@ -38,9 +41,6 @@ from harness.training import (
     torch_threads,
     train_plain,
 )
-from harness.timing import Timings
-from harness.units import TrainReferences, share_evaluation_sets, solo_hardware
-from harness.units import train_references as train_reference_models
 
 if TYPE_CHECKING:
     from harness.data.task import Task
@@ -133,7 +133,7 @@ def train_references(
     refs_cfg.solo_first train one at a time by the plain loop, so their times can set the time cap
     (measure_retrain_time); the rest take refs_cfg.training_path. An imported set with the same
     portable key and at least N models is used instead when the local cache is incomplete.
-    `timings` collects where the time went (harness.timing).
+    `timings` collects where the time went (harness.compete.timing).
     """
     timings = timings or Timings()
     n = refs_cfg.n_models

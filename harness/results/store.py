@@ -41,7 +41,7 @@ bytes) is refused with `NotAStoreError` before anything is written to it or from
 
 What the runner calls, in order::
 
-    with harness.lock.writer_lock(run_dir):                # one writer per folder, for the whole write
+    with harness.results.lock.writer_lock(run_dir):                # one writer per folder, for the whole write
     store = Store(run_dir / "results.sqlite")             # creates it, or opens, checks and migrates it
     store.record_competition(config=cfg.to_dict(), config_hash=cfg.hash(), code_version=..., seeds=...)
     store.record_time_cap(basis, leaderboard=lb)           # dict: median_retrain_s, hardware, time_cap_s, ...
@@ -49,8 +49,8 @@ What the runner calls, in order::
     sid = store.add_submission(path, team=..., kind=..., exempt=...)
     todo = set(range(n_runs)) - store.finished_runs(sid, lb)
     store.record_run(sid, leaderboard=lb, run_index=i, seed=..., status=..., confs=..., ...)  # per run, at once
-    harness.scoring.record_entry_score(store, sid, leaderboard=lb, n_runs=..., ...)  # runs 0..n_runs-1 -> record_score
-    harness.leaderboard.write_leaderboard(store, run_dir)  # reads the store only
+    harness.scoring.scores.record_entry_score(store, sid, leaderboard=lb, n_runs=..., ...)  # runs 0..n_runs-1 -> record_score
+    harness.results.leaderboard.write_leaderboard(store, run_dir)  # reads the store only
 
 Reading: `submissions()`, `runs(sid, lb)`, `all_runs()`, `load_confs(run)`, `references(lb)`,
 `reference_confs(lb)`, `score(sid, lb)`, `scores(lb)`, `score_arrays(sid, lb)`, `competition()`.
@@ -209,7 +209,7 @@ MIGRATIONS: dict[int, list[str]] = {
     1: _statements(_V1_TO_V2),
 }
 if sorted(MIGRATIONS) != list(range(1, SCHEMA_VERSION)):
-    raise RuntimeError(f"harness.store: MIGRATIONS must take every schema 1..{SCHEMA_VERSION - 1} one step up")
+    raise RuntimeError(f"harness.results.store: MIGRATIONS must take every schema 1..{SCHEMA_VERSION - 1} one step up")
 
 
 class DuplicateRunError(HarnessError):
@@ -968,7 +968,7 @@ class Store:
     ) -> int:
         """Store (or overwrite: rescoring) a submission's score; per-example eps/points go to an .npz.
 
-        `score` may be a `harness.scoring.Score`: its fields (and `example_eps`, `example_points`
+        `score` may be a `harness.scoring.scores.Score`: its fields (and `example_eps`, `example_points`
         where it has them) fill every argument left at None.
         """
         _check_choice("leaderboard", leaderboard, LEADERBOARDS)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import metric
+from harness.scoring import metric
 from harness.statuses import Status
 
 METRIC_VERSION = 1  # bump when the metric's numbers change, so stored scores can be told apart

@@ -4,7 +4,7 @@ Each unit is a frozen dataclass of plain values and `Shared` handles, run by a m
 function on whichever executor and node take it; it returns plain arrays and dicts and never
 writes the results store. A unit sets its own torch threads and seeds, so the same unit gives
 the same result on the local pool and on Ray. Each also returns how its time was spent
-(`timings`, by harness.timing's parts), measured where each part starts and stops.
+(`timings`, by harness.compete.timing's parts), measured where each part starts and stops.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.compete.executors import Executor, Shared, fetch
 from harness.config import RecipeConfig, SandboxConfig
 from harness.data.loaders import save_split
-from harness.evaluation import evaluate
-from harness.executors import Executor, Shared, fetch
-from harness.models import ModelSpec, build_model, load_weights
+from harness.learn.evaluation import evaluate
+from harness.learn.models import ModelSpec, build_model, load_weights
+from harness.learn.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain
 from harness.sandbox import fsguard
-from harness.sandbox.statuses import one_line
+from harness.sandbox.outcomes import one_line
 from harness.statuses import Status
-from harness.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain
 
 if TYPE_CHECKING:
     from harness.data.task import Task

@@ -23,25 +23,11 @@ import numpy as np
 import torch
 
 from harness import __version__
-from harness.baselines import BASELINES, baseline_path
-from harness.config import Config, resolve_device
-from harness.data.loaders import class_weights as compute_class_weights
-from harness.data.task import Task, build_task
-from harness.errors import HarnessError, SubmissionError
-from harness.executors import Executor, UnitFailure, borrowed, make_executor
-from harness.lock import writer_lock
-from harness.models import ModelSpec, load_checkpoint, save_weights
-from harness.references import References, measure_retrain_time, train_references
-from harness.sandbox import WorkerSpec, resolve_backend
-from harness.sandbox.backends import remove_stale
-from harness.sandbox.host import seconds_text
-from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.scoring import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
-from harness.statuses import Status
-from harness.store import Store, file_version
-from harness.timing import Timings
-from harness.training import hardware_description, hardware_identity, init_model, timing_threads
-from harness.units import (
+from harness.compete.baselines import BASELINES, baseline_path
+from harness.compete.executors import Executor, UnitFailure, borrowed, make_executor
+from harness.compete.references import References, measure_retrain_time, train_references
+from harness.compete.timing import Timings
+from harness.compete.units import (
     RunSubmission,
     TrainOriginal,
     drop_node_data,
@@ -50,6 +36,20 @@ from harness.units import (
     share_evaluation_sets,
     train_original,
 )
+from harness.config import Config, resolve_device
+from harness.data.loaders import class_weights as compute_class_weights
+from harness.data.task import Task, build_task
+from harness.errors import HarnessError, SubmissionError
+from harness.learn.models import ModelSpec, load_checkpoint, save_weights
+from harness.learn.training import hardware_description, hardware_identity, init_model, timing_threads
+from harness.results.lock import writer_lock
+from harness.results.store import Store, file_version
+from harness.sandbox import WorkerSpec, resolve_backend
+from harness.sandbox.backends import remove_stale
+from harness.sandbox.host import seconds_text
+from harness.sandbox.protocol import PROTOCOL_VERSION
+from harness.scoring.scores import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
+from harness.statuses import Status
 
 LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
@@ -618,7 +618,7 @@ def _span(indices: tuple[int, ...]) -> str:
 
 
 def _score(prep: Prepared, entry: Entry, store: Store, sub_id: int, n_runs: int, timings: Timings) -> EntryResult:
-    """Score the entry on the runs `rescore` uses too (harness.scoring.record_entry_score)."""
+    """Score the entry on the runs `rescore` uses too (harness.scoring.scores.record_entry_score)."""
     status, reason, score, times = record_entry_score(
         store, sub_id, leaderboard=prep.leaderboard, n_runs=n_runs, references=prep.references,
         reference_confs=prep.references.confs, noise_floor=prep.noise_floor,
@@ -651,9 +651,9 @@ def run_competition(
 ):
     """Score every entry on every leaderboard, then write the leaderboards. Returns the public table.
     `rerun` names teams whose stored runs run again on purpose. The run folder's writer lock is
-    held throughout. `timings` collects where the time went (harness.timing)."""
+    held throughout. `timings` collects where the time went (harness.compete.timing)."""
     timings = timings or Timings()
-    from harness.leaderboard import build_leaderboard, write_leaderboard
+    from harness.results.leaderboard import build_leaderboard, write_leaderboard
 
     check_sizes(cfg)
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=False)

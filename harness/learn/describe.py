@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 from harness.config import Config, resolve_device
 from harness.data.loaders import class_weights
 from harness.data.task import Task, build_task
-from harness.evaluation import evaluate
-from harness.models import ModelSpec
-from harness.training import init_model, train_model
+from harness.learn.evaluation import evaluate
+from harness.learn.models import ModelSpec
+from harness.learn.training import init_model, train_model
 
 
 def describe_task(cfg: Config, *, measure: bool = True, n_models: int = 3) -> dict:

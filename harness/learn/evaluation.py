@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.metric import logit_scaled_confidence
-from harness.models import channels_last_on_cpu
+from harness.learn.models import channels_last_on_cpu
+from harness.scoring.metric import logit_scaled_confidence
 
 
 @dataclass(frozen=True)

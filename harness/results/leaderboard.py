@@ -1,8 +1,8 @@
 """Leaderboards (CSV, Markdown) and a static HTML site with plots, read from the store only.
 
 Nothing is recomputed here: scores, per-example epsilons and points, run times and accuracies
-are what the runner stored (see harness.store). The metric's direction comes from
-`harness.metric.HIGHER_IS_BETTER`; the leaderboard never guesses it.
+are what the runner stored (see harness.results.store). The metric's direction comes from
+`harness.scoring.metric.HIGHER_IS_BETTER`; the leaderboard never guesses it.
 
 Row order of every board:
 1. the calibration row(s): exempt entries (the retrain oracle, "a perfect unlearner at this N"),
@@ -11,7 +11,7 @@ Row order of every board:
 3. failed rows (a status other than ok, with its one-line reason);
 4. pending rows (no score yet; status 'pending', reason says how many runs are stored).
 
-By default a board shows each team's latest version (harness.store.Store.submissions).
+By default a board shows each team's latest version (harness.results.store.Store.submissions).
 
 The private leaderboard stays private until revealed (`Store.reveal_private()` marks the store,
 `write_leaderboard(..., reveal_private=True)` reveals it in one write): until then nothing about it -- no file, no row, no plot, not a team's own
@@ -44,12 +44,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import report_plots
 from harness.errors import HarnessError
-from harness.statuses import STATUS_DOCS, Status
-from harness.lock import writer_lock
+from harness.results import report_plots
+from harness.results.lock import writer_lock
+from harness.results.store import LEADERBOARDS, Store, SubmissionRecord
 from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.store import LEADERBOARDS, Store, SubmissionRecord
+from harness.statuses import STATUS_DOCS, Status
 
 COLUMNS = (
     "rank",
@@ -85,8 +85,8 @@ _LOGS_ON_PAGE = 20
 
 
 def higher_is_better() -> bool:
-    """The metric's direction, as the metric declares it (imported late: harness.metric loads torch)."""
-    from harness import metric
+    """The metric's direction, as the metric declares it (imported late: harness.scoring.metric loads torch)."""
+    from harness.scoring import metric
 
     return bool(metric.HIGHER_IS_BETTER)
 

@@ -5,9 +5,9 @@ This is the released scoring code's algorithm (google-deepmind/unlearning_evalua
 against the models and every comparison is materialised, rates are float32 `torch.mean`s,
 and the per-threshold epsilons are computed with numpy in float32 as there. It runs on the
 CPU. It is slow (hundreds of thousands of thresholds per example) and exists to check
-`harness.metric` against: tests compare the two, and `scripts/bench_metric.py` times both.
+`harness.scoring.metric` against: tests compare the two, and `scripts/bench_metric.py` times both.
 
-It carries the same defined behaviour for the released code's defects as `harness.metric`
+It carries the same defined behaviour for the released code's defects as `harness.scoring.metric`
 (see that module's docstring): both distributions constant -> 0 when equal, 50 when not;
 no surviving threshold -> 0.
 """

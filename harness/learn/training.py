@@ -36,11 +36,11 @@ from torch import nn
 
 from harness.config import RecipeConfig
 from harness.errors import HarnessError
-from harness.models import channels_last_on_cpu
+from harness.learn.models import channels_last_on_cpu
 
 TRAINING_PATHS = ("loop", "processes", "vmap")
 
-ModelFactory = Callable[[], nn.Module]  # e.g. harness.models.ModelSpec; picklable for processes
+ModelFactory = Callable[[], nn.Module]  # e.g. harness.learn.models.ModelSpec; picklable for processes
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ _WORKER_JOB: list[_Job] = []  # the job of this pool worker, set once by _worker
 
 
 def _worker_init(job: _Job, driver_pid: int) -> None:
-    from harness.executors import _die_with_driver
+    from harness.compete.executors import _die_with_driver
 
     _die_with_driver(driver_pid)  # no worker outlives a killed driver
     torch.set_num_threads(1)

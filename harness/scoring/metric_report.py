@@ -1,7 +1,7 @@
 """`unlearn metric`: score two saved confidence matrices and say what the number means.
 
 Loads [N models, S forget examples] .npy files, computes the official forgetting quality F
-(`harness.metric`), a bootstrap interval over forget examples, a summary of the per-example
+(`harness.scoring.metric`), a bootstrap interval over forget examples, a summary of the per-example
 epsilons and where they fall in the scoring buckets, and a calibration: what a perfect
 unlearner scores at this N (retrained against retrained models: about 0.18-0.20, not 1).
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import metric
-from harness.metric import MetricError
+from harness.scoring import metric
+from harness.scoring.metric import MetricError
 
 CI_LEVEL = 0.95
 N_BOOT = 1000

@@ -2,7 +2,7 @@
 
 This reproduces the NeurIPS 2023 Machine Unlearning Challenge's released scoring code
 (google-deepmind/unlearning_evaluation: `metric.py` and the final score in `main.py`) number
-for number; `harness.metric_reference` is the same algorithm written out straightforwardly.
+for number; `tests/metric_reference.py` is the same algorithm written out straightforwardly.
 
 Per forget example, with N unlearned and N retrained confidences:
 1. The distribution with the larger median is 'positive' (retrained only when its median is

@@ -3,7 +3,7 @@
 After a metric fix, the runs and references in the store still hold everything the metric
 needs; only the scores are rewritten (with the new METRIC_VERSION), and the leaderboards are
 rebuilt from them. An entry is scored on exactly the runs `unlearn run` scores it on
-(`harness.scoring.record_entry_score`), so the two agree. Extras and runs are kept.
+(`harness.scoring.scores.record_entry_score`), so the two agree. Extras and runs are kept.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.lock import writer_lock
+from harness.results.lock import writer_lock
+from harness.results.store import LEADERBOARDS, Store
 from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.scoring import record_entry_score, reference_noise_floor, select_runs
+from harness.scoring.scores import record_entry_score, reference_noise_floor, select_runs
 from harness.statuses import Status
-from harness.store import LEADERBOARDS, Store
 
 
 def rescore(run_dir: str | Path, *, write: bool = True, log: Callable[[str], None] = lambda msg: None) -> int:
@@ -49,7 +49,7 @@ def rescore(run_dir: str | Path, *, write: bool = True, log: Callable[[str], Non
                     f"of an older run protocol ({min(old_protocol.values())} < {PROTOCOL_VERSION}): {teams}; "
                     "`unlearn run` runs them again")
         if write:
-            from harness.leaderboard import write_leaderboard
+            from harness.results.leaderboard import write_leaderboard
 
             write_leaderboard(store, run_dir)
     return count

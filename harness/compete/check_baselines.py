@@ -64,7 +64,7 @@ def expected_config(cfg: Config | None, spec: dict, *, expected: str | Path | No
 def check_baselines(
     cfg: Config | None, *, expected: str | Path | None = None, progress: bool = False, log=lambda msg: None
 ) -> dict:
-    from harness.runner import run_competition
+    from harness.compete.runner import run_competition
 
     spec = load_expected(expected)
     cfg = expected_config(cfg, spec, expected=expected)
@@ -121,7 +121,7 @@ def expected_spec(
 def baseline_rows(table, names) -> dict:
     """Each baseline's row, found by the entry's identity (its team and kind), never by a name a
     submission could share (a file named retrain.py is team 'retrain', not the baseline)."""
-    from harness.runner import baseline_team
+    from harness.compete.runner import baseline_team
 
     rows = {}
     for name in names:
