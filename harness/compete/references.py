@@ -40,6 +40,7 @@ from harness.learn.training import (
     timing_threads,
     torch_threads,
     train_plain,
+    warm_up_plain,
 )
 
 if TYPE_CHECKING:
@@ -259,6 +260,8 @@ def measure_retrain_time(
         retain = task.arrays("retain")
         spec = ModelSpec(model_cfg.name, model_cfg.num_classes, int(task.images.shape[1]))
         weights = class_weights(retain["age_group"], model_cfg.num_classes)
+        with torch_threads(timing_threads(device)):
+            warm_up_plain(init_model(spec, seed), retain, recipe, device=device)
         for i in range(len(times), n):
             model = init_model(spec, seed + i)
             with torch_threads(timing_threads(device)):

@@ -27,7 +27,7 @@ from harness.config import RecipeConfig, SandboxConfig
 from harness.data.loaders import save_split
 from harness.learn.evaluation import evaluate
 from harness.learn.models import ModelSpec, build_model, load_weights
-from harness.learn.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain
+from harness.learn.training import hardware_description, init_model, torch_threads, train_many, train_model, train_plain, warm_up_plain
 from harness.sandbox import fsguard
 from harness.sandbox.outcomes import one_line
 from harness.statuses import Status
@@ -132,6 +132,8 @@ def train_references(unit: TrainReferences) -> dict[str, Any]:
 
     with torch_threads(unit.threads), _pinned(unit.device, unit.threads):
         if unit.path == "plain":
+            warm_up_plain(build_model(unit.spec.name, num_classes=unit.spec.num_classes, in_channels=unit.spec.in_channels),
+                          retain, unit.recipe, device=unit.device)  # the cap's basis must not pay torch's one-off costs
             for index, seed in zip(unit.indices, unit.seeds):
                 model = init_model(unit.spec, seed)
                 seconds = train_plain(model, retain, unit.recipe, class_weights=weights, seed=seed, device=unit.device)

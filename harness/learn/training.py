@@ -242,6 +242,28 @@ def train_plain(
     return time.perf_counter() - start
 
 
+def warm_up_plain(model: nn.Module, arrays: Mapping[str, np.ndarray], recipe: RecipeConfig, *,
+                  device: str | torch.device) -> None:
+    """Pay torch's one-off costs before `train_plain` is timed: the first optimizer step imports
+    torch._dynamo and the first forward/backward loads kernels (about 4 s in a fresh process, more
+    than a whole retrain of the default task). A sandboxed run never pays them (its warm parent
+    did), so a timed retrain must not either. `model` is a throwaway; its weights change."""
+    from harness.data.loaders import make_loader
+
+    device = torch.device(device)
+    model.to(device).train()
+    optimizer, scheduler = _optimizer(list(model.parameters()), recipe)
+    batch = next(iter(make_loader(arrays, batch_size=recipe.batch_size, shuffle=True, seed=0)))
+    optimizer.zero_grad()
+    F.cross_entropy(model(batch["image"].to(device)), batch["age_group"].to(device)).backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    with torch.no_grad():
+        model.eval()(batch["image"].to(device))
+    _synchronize(device)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """One trained model: its index in the seed list, seed, wall seconds and path.

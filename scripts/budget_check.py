@@ -1,0 +1,107 @@
+"""Does the time cap let honest code through and stop code over the budget?
+
+    python scripts/budget_check.py [--config C] [--repeats 20] [--over 1.5]
+
+The cap allows `time_cap.retain_epochs` epochs of the recipe over the retain set (the
+competition's 6), widened by the measured p99 run-time noise. This script writes two plain
+fine-tunes by the recipe's own optimiser: one that uses exactly the budget (that many retain
+epochs) and one at `--over` times it, then dry-runs the first `--repeats` times (every run again,
+`--fresh`) and the second once, on the config's cached competition, as a participant would.
+
+Targets (issue 12): the budget-sized file is within the cap in at least 19 of 20 dry runs; the
+file at 1.5x the budget is rejected (timeout). Also printed: the cap's basis (median solo retrain,
+noise runs and their p99), and every budget-sized run's time against the cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.compete.executors import make_executor  # noqa: E402
+from harness.compete.runner import dry_run  # noqa: E402
+from harness.config import load_config  # noqa: E402
+
+FINE_TUNE = '''
+"""Fine-tune for {epochs:g} epochs of the recipe over retain: {share} the time cap's budget."""
+import math
+import torch
+import torch.nn.functional as F
+
+EPOCHS = {epochs!r}
+LR = {lr!r}
+WEIGHT_DECAY = {weight_decay!r}
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    device = next(net.parameters()).device
+    optimizer = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    batches = math.floor(EPOCHS * len(retain_loader))  # a fractional budget ends mid-epoch
+    net.train()
+    done = 0
+    while done < batches:
+        for batch in retain_loader:
+            if done == batches:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(batch["image"].to(device)), batch["age_group"].to(device)).backward()
+            optimizer.step()
+            done += 1
+    net.eval()
+'''
+
+
+def write_submission(folder: Path, name: str, epochs: float, share: str, cfg) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(FINE_TUNE.format(epochs=float(epochs), share=share, lr=cfg.recipe.lr, weight_decay=cfg.recipe.weight_decay))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="a config (the embedded default when omitted)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--over", type=float, default=1.5, help="the second file's multiple of the budget")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    budget = cfg.time_cap.share(cfg.recipe.epochs) * cfg.recipe.epochs
+    quiet = {"progress": False, "log": lambda _msg: None}
+    with tempfile.TemporaryDirectory() as tmp, make_executor(cfg.executor) as executor:
+        folder = Path(tmp)
+        exact = write_submission(folder, "budget_exact", budget, "exactly", cfg)
+        over = write_submission(folder, f"budget_{args.over:g}x".replace(".", "_"), budget * args.over, f"{args.over:g}x", cfg)
+        start = time.perf_counter()
+        first = dry_run(exact, cfg, executor=executor, fresh=True, progress=False, log=print)  # builds what is missing
+        basis, cap = first["time_cap_basis"], first["time_cap_s"]
+        print(f"\ncap {cap:.3f} s = {basis.get('fraction', 0):.3g} x median solo retrain {basis.get('median_retrain_s', 0):.3f} s "
+              f"(retrains {', '.join(f'{t:.2f}' for t in basis.get('retrain_times_s', []))}) x (1 + p99 noise "
+              f"{basis.get('noise_p99', 0):.3f}; {len(basis.get('noise_run_times_s', []))} runs of {basis.get('noise_probe')}: "
+              f"median {np.median(basis.get('noise_run_times_s', [0])):.3f} s, max {max(basis.get('noise_run_times_s', [0])):.3f} s)")
+        print(f"budget {budget:g} retain epochs; {args.repeats} dry runs of {exact.name}, {cfg.submissions.n_runs} runs each\n")
+        records = [first] + [dry_run(exact, cfg, executor=executor, fresh=True, **quiet) for _ in range(args.repeats - 1)]
+        times = np.array([t for r in records for t in r["run_times_s"]])
+        passed = sum(r["status"] == "ok" for r in records)
+        for i, r in enumerate(records):
+            worst = max(r["run_times_s"]) if r["run_times_s"] else float("nan")
+            print(f"dry run {i + 1:2d}: {r['status']:8s} worst run {worst:.3f} s = {worst / cap:.3f} of the cap")
+        print(f"\nbudget-sized runs: median {np.median(times):.3f} s ({np.median(times) / cap:.3f} of the cap), "
+              f"p99 {np.percentile(times, 99):.3f} s, max {times.max():.3f} s ({times.max() / cap:.3f} of the cap)")
+        print(f"within the cap: {passed} of {len(records)} dry runs (target: at least {int(np.ceil(0.95 * len(records)))})")
+        late = dry_run(over, cfg, executor=executor, fresh=True, **quiet)
+        print(f"{over.name} ({args.over:g}x the budget): {late['status']} ({late['error']}) "
+              f"(target: timeout)")
+        print(f"\nwall {time.perf_counter() - start:.0f} s")
+    ok = passed >= int(np.ceil(0.95 * len(records))) and late["status"] == "timeout"
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
