@@ -4,8 +4,8 @@
 
 The cap allows `time_cap.retain_epochs` epochs of the recipe over the retain set (the
 competition's 6), widened by the measured p99 run-time noise. This script writes two plain
-fine-tunes by the recipe's own optimiser: one that uses exactly the budget (that many retain
-epochs) and one at `--over` times it, then dry-runs the first `--repeats` times (every run again,
+fine-tunes by the recipe's own optimiser (harness.compete.budget_probe, the file the cap's noise
+is measured with): one that uses exactly the budget and one at `--over` times it, then dry-runs the first `--repeats` times (every run again,
 `--fresh`) and the second once, on the config's cached competition, as a participant would.
 
 Targets (issue 12): the budget-sized file is within the cap in at least 19 of 20 dry runs; the
@@ -25,44 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.compete.budget_probe import write_probe  # noqa: E402
 from harness.compete.executors import make_executor  # noqa: E402
 from harness.compete.runner import dry_run  # noqa: E402
 from harness.config import load_config  # noqa: E402
-
-FINE_TUNE = '''
-"""Fine-tune for {epochs:g} epochs of the recipe over retain: {share} the time cap's budget."""
-import math
-import torch
-import torch.nn.functional as F
-
-EPOCHS = {epochs!r}
-LR = {lr!r}
-WEIGHT_DECAY = {weight_decay!r}
-
-
-def unlearning(net, retain_loader, forget_loader, val_loader):
-    device = next(net.parameters()).device
-    optimizer = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    batches = math.floor(EPOCHS * len(retain_loader))  # a fractional budget ends mid-epoch
-    net.train()
-    done = 0
-    while done < batches:
-        for batch in retain_loader:
-            if done == batches:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(batch["image"].to(device)), batch["age_group"].to(device)).backward()
-            optimizer.step()
-            done += 1
-    net.eval()
-'''
-
-
-def write_submission(folder: Path, name: str, epochs: float, share: str, cfg) -> Path:
-    path = folder / f"{name}.py"
-    path.write_text(FINE_TUNE.format(epochs=float(epochs), share=share, lr=cfg.recipe.lr, weight_decay=cfg.recipe.weight_decay))
-    return path
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,8 +41,8 @@ def main() -> int:
     quiet = {"progress": False, "log": lambda _msg: None}
     with tempfile.TemporaryDirectory() as tmp, make_executor(cfg.executor) as executor:
         folder = Path(tmp)
-        exact = write_submission(folder, "budget_exact", budget, "exactly", cfg)
-        over = write_submission(folder, f"budget_{args.over:g}x".replace(".", "_"), budget * args.over, f"{args.over:g}x", cfg)
+        exact = write_probe(folder / "exact", budget, cfg.recipe)
+        over = write_probe(folder / "over", budget * args.over, cfg.recipe, share=f"{args.over:g}x")
         start = time.perf_counter()
         first = dry_run(exact, cfg, executor=executor, fresh=True, progress=False, log=print)  # builds what is missing
         basis, cap = first["time_cap_basis"], first["time_cap_s"]

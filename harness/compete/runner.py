@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import torch
 
 from harness import __version__
 from harness.compete.baselines import BASELINES, baseline_path
+from harness.compete.budget_probe import write_probe
 from harness.compete.executors import Executor, UnitFailure, borrowed, make_executor
 from harness.compete.references import References, measure_retrain_time, train_references
 from harness.compete.timing import Timings
@@ -294,7 +296,6 @@ def time_cap_file(cache_dir: Path, refs_key: str, identity: dict) -> Path:
     return cache_dir / f"time-cap-{refs_key}-{hardware}.json"
 
 
-NOISE_PROBE = "finetune"  # the fixed submission repeated to measure run-time noise: the Kaggle template
 
 
 def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: References, log,
@@ -320,37 +321,47 @@ def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: Re
         basis, how = {"median_retrain_s": median, "retrain_times_s": times, "hardware": hardware,
                       "hardware_identity": identity}, "measured now"
         basis_path.write_text(json.dumps(basis))
-    n_noise = cfg.time_cap.noise_runs
-    if n_noise and len(basis.get("noise_run_times_s", [])) < n_noise and noise is not None:
-        log(f"time cap: timing {n_noise} runs of the {NOISE_PROBE} baseline for the run-time noise")
-        basis = {**basis, "noise_probe": NOISE_PROBE, "noise_run_times_s": noise(n_noise)}
+    n_noise, share = cfg.time_cap.noise_runs, cfg.time_cap.share(cfg.recipe.epochs)
+    probe = f"a fine-tune of the budget's {share * cfg.recipe.epochs:g} retain epochs"
+    if n_noise and noise is not None and (len(basis.get("noise_run_times_s", [])) < n_noise or basis.get("noise_probe") != probe):
+        log(f"time cap: timing {n_noise} runs of {probe}, side by side, for the run-time noise")
+        basis = {**basis, "noise_probe": probe, "noise_run_times_s": noise(n_noise)}
         basis_path.write_text(json.dumps(basis))
-    share = cfg.time_cap.share(cfg.recipe.epochs)
-    margin = timing_noise(basis.get("noise_run_times_s", [])[:n_noise]) if n_noise else 0.0
+    margin = timing_noise(basis.get("noise_run_times_s", [])[:n_noise], cfg.submissions.n_runs) if n_noise else 0.0
     cap = share * basis["median_retrain_s"] * (1.0 + margin)
     budget = ("fraction" if cfg.time_cap.fraction is not None
               else f"{cfg.time_cap.budget_epochs:g} of the recipe's {cfg.recipe.epochs} epochs")
     basis = {**basis, "fraction": share, "budget": budget, "retain_epochs": share * cfg.recipe.epochs,
              "noise_p99": margin, "time_cap_s": cap}
     log(f"time cap: {seconds_text(cap)} per run = {share:.3g} ({budget}) x {seconds_text(basis['median_retrain_s'])} "
-        f"(median solo retrain on {basis['hardware']}) x {1 + margin:.3f} (p99 run-time noise); {how}")
+        f"(median solo retrain on {basis['hardware']}) x {1 + margin:.3f} (p99 of the slowest of "
+        f"{cfg.submissions.n_runs} runs, from {len(basis.get('noise_run_times_s', []))} runs of {basis.get('noise_probe', 'no probe')}); {how}")
     return cap, basis
 
 
-def timing_noise(run_times: list[float]) -> float:
-    """How far a run's time strays above its typical value: p99 / median - 1 of one fixed
-    submission's repeated runs (with 16 repeats the p99 is close to the slowest run); 0 when
-    fewer than two runs are known."""
+def timing_noise(run_times: list[float], n_runs: int = 1) -> float:
+    """How much wider than a typical run the cap must be for an honest file to pass: the p99 of the
+    slowest of its `n_runs` runs (a file is rejected by any one run past the cap, as on Kaggle),
+    over the median, minus 1. From repeated runs of one fixed submission: a log-normal fitted to
+    them gives the quantile 0.99 ** (1 / n_runs) of one run, never below the sample's own p99;
+    0 when fewer than two runs are known."""
     times = np.asarray([t for t in run_times if t is not None and t > 0], dtype=float)
     if times.size < 2:
         return 0.0
-    return max(0.0, float(np.percentile(times, 99) / np.median(times)) - 1.0)
+    logs = np.log(times)
+    z = float(scipy.stats.norm.ppf(0.99 ** (1.0 / max(1, n_runs))))
+    fitted = float(np.exp(logs.mean() + logs.std(ddof=1) * z))
+    return max(0.0, max(fitted, float(np.percentile(times, 99))) / float(np.median(times)) - 1.0)
 
 
 def _noise_run_times(prep: Prepared, executor: Executor, n: int, *, log) -> list[float]:
-    """`n` runs of the fixed noise probe, spread over every slot and sandboxed as scoring runs them
-    (the caller's backend, falling back to a plain process where no sandbox exists: trusted code)."""
-    entry = Entry(team=f"{BASELINE_PREFIX}{NOISE_PROBE}", path=baseline_path(NOISE_PROBE), kind="baseline", exempt=True)
+    """`n` runs of the budget-sized fine-tune (harness.compete.budget_probe), spread over every slot
+    and sandboxed as scoring runs them (the caller's backend, falling back to a plain process where
+    no sandbox exists: trusted code)."""
+    cfg = prep.cfg
+    epochs = cfg.time_cap.share(cfg.recipe.epochs) * cfg.recipe.epochs
+    path = write_probe(prep.run_dir / "cache" / "probes", epochs, cfg.recipe)
+    entry = Entry(team=f"{BASELINE_PREFIX}budget-probe", path=path, kind="baseline", exempt=True)
     plan = _Plan(entry, -1, list(range(n)), {})
     slots = executor.slots(executor.default_resources(prep.device))
     backend = resolve_backend(prep.cfg.sandbox.backend, allow_unsafe_fallback=True)
@@ -361,10 +372,10 @@ def _noise_run_times(prep: Prepared, executor: Executor, n: int, *, log) -> list
     try:
         for _, outcome in executor.submit_all(run_submission, units, resources=executor.default_resources(prep.device)):
             if isinstance(outcome, UnitFailure):
-                raise HarnessError(f"timing the {NOISE_PROBE} baseline for the time cap failed ({outcome.kind}): {outcome.message}")
+                raise HarnessError(f"timing the budget probe for the time cap failed ({outcome.kind}): {outcome.message}")
             for run in outcome["runs"]:
                 if run["status"] != Status.OK.value:
-                    raise HarnessError(f"timing the {NOISE_PROBE} baseline for the time cap: run {run['run_index']} "
+                    raise HarnessError(f"timing the budget probe for the time cap: run {run['run_index']} "
                                        f"ended {run['status']} ({run['reason']}); the sandbox is not working here")
                 times.append(float(run["seconds"]))
     finally:
