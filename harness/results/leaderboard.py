@@ -316,7 +316,8 @@ table.sortable th { cursor: pointer; user-select: none; vertical-align: bottom; 
 .scroll { max-width: 100%; overflow-x: auto; margin: 1em 0; }
 .scroll table { margin: 0; }
 .scroll td { white-space: nowrap; }
-.scroll td.reason { white-space: normal; min-width: 16em; max-width: 40em; overflow-wrap: anywhere; }
+td.reason { white-space: normal; max-width: 40em; overflow-wrap: anywhere; }
+.scroll td.reason { min-width: 16em; }
 .scroll td.sticky, .scroll th.sticky { position: sticky; left: 0; background: #fff; z-index: 1; }
 .scroll th.sticky { background: #f0f0f0; }
 tr.calibration td, tr.calibration td.sticky { background: #fff4e0; }
@@ -524,7 +525,7 @@ def _submission_section(
             "median_run_s", "worst_run_s", "time_cap_s", "metric_version", "scored_at",
         ]  # fmt: skip
         rows = "".join(
-            f"<tr><th class='t'>{f}</th>{_cell(f, getattr(score, f).value if f == 'status' else getattr(score, f))}</tr>"
+            f"<tr><th class='t'>{f}</th>{_cell(f, getattr(score, f).value if f == 'status' else getattr(score, f), cls='reason' if f == 'reason' else '')}</tr>"
             for f in fields
         )
         parts.append(f"<table><tbody>{rows}</tbody></table>")

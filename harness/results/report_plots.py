@@ -68,7 +68,7 @@ def epsilon_figure(eps: np.ndarray, points: np.ndarray | None, *, cap: float = E
     main = fig.add_subplot(grid[0, 0], label="epsilon")
     side = fig.add_subplot(grid[0, 1], label="epsilon at cap")  # its own y scale: many at the cap squash no bar
     if below.size:
-        main.hist(below, bins=min(40, max(5, below.size // 5)), color=UNLEARNED)
+        main.hist(below, bins=min(40, max(5, below.size // 5)), color=UNLEARNED, edgecolor="white")
         main.set_title(f"below the cap: {below.size} of {eps.size}, median {np.median(below):.2f}", fontsize=MIN_TEXT_PT + 1)
     else:
         main.text(0.5, 0.5, "no example below the cap", ha="center", va="center", transform=main.transAxes, fontsize=MIN_TEXT_PT)
