@@ -24,13 +24,13 @@ import pytest
 from matplotlib.legend import Legend
 from matplotlib.text import Annotation, Text
 
-from harness import report_plots
+from harness.compete.runner import run_competition
 from harness.config import load_config
-from harness.leaderboard import build_leaderboard
-from harness.metric import EPSILON_CAP
-from harness.runner import run_competition
+from harness.results import report_plots
+from harness.results.leaderboard import build_leaderboard
+from harness.results.store import Store
+from harness.scoring.metric import EPSILON_CAP
 from harness.statuses import Status
-from harness.store import Store
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 WIDTH, HEIGHT = 1400, 900

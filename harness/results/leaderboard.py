@@ -554,7 +554,7 @@ def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, inf
     arrays = store.score_arrays(sub.id, leaderboard=lb) if score is not None else {}
     eps = arrays.get("eps")
     if eps is not None:
-        from harness.metric import EPSILON_CAP  # late: harness.metric loads torch
+        from harness.scoring.metric import EPSILON_CAP  # late: the metric loads torch
 
         add("Per-example epsilon and points", "eps", lambda p: report_plots.epsilon_histogram(eps, arrays.get("points"), p, cap=EPSILON_CAP))
         at_cap = int(np.count_nonzero(np.asarray(eps) >= EPSILON_CAP))

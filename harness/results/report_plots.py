@@ -27,7 +27,7 @@ DPI = 100
 MIN_TEXT_PT = 9  # 12.5 px at DPI: the smallest text a plot may draw
 UNLEARNED = "#1f77b4"
 RETRAINED = "#ff7f0e"
-EPSILON_CAP = 50.0  # harness.metric.EPSILON_CAP (not imported: harness.metric loads torch)
+EPSILON_CAP = 50.0  # harness.scoring.metric.EPSILON_CAP (not imported: the metric loads torch)
 CAP_EXPLAINED = (
     "An epsilon of 50 is the organizers' cap: the metric gives it to a forget example whose unlearned "
     "and retrained outputs are perfectly separated (or one set barely varies beside the other), and "
