@@ -422,16 +422,17 @@ def _board_table(df: pd.DataFrame, *, link_prefix: str) -> str:
             cls = "failed"
         else:
             cls = ""
-        spans_reason = pd.isna(row["final_score"]) and bool(row["reason"])
+        spans_reason = pd.isna(row["final_score"]) and isinstance(row["reason"], str) and bool(row["reason"])
         cells = []
         for c in columns:
             if c in _REASON_SPAN and spans_reason:
                 if c == _REASON_SPAN[0]:
                     cells.append(_cell("reason", row["reason"], cls="reason", span=len(_REASON_SPAN)))
                 continue
-            if c == "rank":
-                tied = ranks[i].startswith("=")
-                cells.append(_cell(c, row[c], text=ranks[i], cls="tied" if tied else ""))
+            if c == "reason":
+                cells.append(_cell(c, "" if spans_reason else row[c], cls="reason"))  # shown once
+            elif c == "rank":
+                cells.append(_cell(c, row[c], text=ranks[i]))
             elif c == "team":
                 cells.append(_cell(c, row[c], link=f"{link_prefix}{int(row['submission_id'])}.html", cls="sticky"))
             elif c == "kind":
