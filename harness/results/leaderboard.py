@@ -207,7 +207,9 @@ def format_leaderboard(df: pd.DataFrame) -> str:
     """A plain-text table for the terminal: the Markdown board's columns, aligned."""
     if df.empty:
         return "(no submissions)"
-    cells = [[_fmt(c, row[c]) + (f" ({row['flag']})" if c == "kind" and row["flag"] else "") for c in _MD_COLUMNS] for _, row in df.iterrows()]
+    ranks = rank_labels(df)
+    cells = [[ranks[i] if c == "rank" else _fmt(c, row[c]) + (f" ({row['flag']})" if c == "kind" and row["flag"] else "") for c in _MD_COLUMNS]
+             for i, row in df.iterrows()]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(_MD_COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(_MD_COLUMNS, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
@@ -237,12 +239,19 @@ _MD_COLUMNS = (
 )
 
 
+def rank_labels(df: pd.DataFrame) -> pd.Series:
+    """The rank as shown: '=2' for a rank that tied scores share, '' for rows never ranked."""
+    counts = df["rank"].value_counts()
+    return pd.Series(["" if pd.isna(r) else f"={int(r)}" if counts[r] > 1 else str(int(r)) for r in df["rank"]], index=df.index, dtype=object)
+
+
 def _markdown(df: pd.DataFrame, *, leaderboard: str, info: Any) -> str:
     lines = [f"# {info.name or 'competition'}: {leaderboard} leaderboard", ""]
     lines += [f"- {line}" for line in _info_lines(info, leaderboard)]
     lines += [
         f"- final score: {'higher' if higher_is_better() else 'lower'} is better; "
-        f"rows flagged '{CALIBRATION}' are the retrain oracle (the best to expect at this N), never ranked",
+        f"rows flagged '{CALIBRATION}' are the retrain oracle (the best to expect at this N), never ranked; "
+        "a rank like =2 is shared by tied scores",
     ]
     if df["old_protocol"].notna().any():
         lines.append(f"- a number under old_protocol: that score rests on runs of an older run protocol "
@@ -252,10 +261,11 @@ def _markdown(df: pd.DataFrame, *, leaderboard: str, info: Any) -> str:
     ]
     lines.append("| " + " | ".join(_MD_COLUMNS) + " |")
     lines.append("|" + "|".join("---" for _ in _MD_COLUMNS) + "|")
-    for _, row in df.iterrows():
+    ranks = rank_labels(df)
+    for i, row in df.iterrows():
         cells = []
         for col in _MD_COLUMNS:
-            text = _fmt(col, row[col])
+            text = ranks[i] if col == "rank" else _fmt(col, row[col])
             if col == "kind" and row["flag"]:
                 text = f"{text} ({row['flag']})"
             cells.append(html.escape(text, quote=False).replace("|", "\\|"))
@@ -294,28 +304,44 @@ def _finite(value: Any) -> bool:
 
 # -- HTML ----------------------------------------------------------------------------------------
 
+# A board is wider than a laptop's screen: it scrolls inside its own box (the page never does),
+# the team column stays in view while it scrolls, and a reason wraps within the row it explains.
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 td.t, th.t { text-align: left; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; }
-tr.calibration { background: #fff4e0; }
-tr.failed { background: #fbeaea; }
-tr.pending { color: #888; }
+th { background: #f0f0f0; }
+table.sortable th { cursor: pointer; user-select: none; vertical-align: bottom; }
+.scroll { max-width: 100%; overflow-x: auto; margin: 1em 0; }
+.scroll table { margin: 0; }
+.scroll td { white-space: nowrap; }
+td.reason { white-space: normal; max-width: 40em; overflow-wrap: anywhere; }
+.scroll td.reason { min-width: 16em; }
+.scroll td.sticky, .scroll th.sticky { position: sticky; left: 0; background: #fff; z-index: 1; }
+.scroll th.sticky { background: #f0f0f0; }
+tr.calibration td, tr.calibration td.sticky { background: #fff4e0; }
+tr.failed td, tr.failed td.sticky { background: #fbeaea; }
+tr.pending td { color: #888; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; font-size: 12px; }
 img { max-width: 100%; }
-.note { color: #666; font-size: 13px; }
+.note { color: #666; font-size: 13px; max-width: 60em; }
 """
 
+# Sorts by a cell's column (data-col), not its position: a failed row's reason spans the score columns.
 _SORT_JS = """
 document.querySelectorAll('table.sortable').forEach(function (table) {
-  table.querySelectorAll('th').forEach(function (th, col) {
+  table.querySelectorAll('th').forEach(function (th) {
+    var col = th.getAttribute('data-col');
     th.addEventListener('click', function () {
       var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
       var asc = th.getAttribute('data-dir') !== 'asc';
       th.setAttribute('data-dir', asc ? 'asc' : 'desc');
-      function key(row) { var c = row.cells[col]; return c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent; }
+      function key(row) {
+        var c = row.querySelector("td[data-col='" + col + "']");
+        if (!c) { return ''; }
+        return c.hasAttribute('data-v') ? c.getAttribute('data-v') : c.textContent;
+      }
       rows.sort(function (a, b) {
         var x = key(a), y = key(b);
         if (x === '' || y === '') { return (x === '') - (y === ''); }
@@ -329,6 +355,22 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 });
 """
 
+# The site's board: the CSV's columns, most read first; a row without a score shows its status's
+# reason across the score columns, where the eye already is, instead of in a column off-screen.
+_SITE_COLUMNS = (
+    "rank", "team", "kind", "status", "final_score", "ci_low", "ci_high", "forget_quality", "retain_ratio", "test_ratio",
+    "retain_acc", "test_acc", "forget_acc", "median_run_s", "worst_run_s", "n_ok", "n_runs", "time_cap_s", "version",
+    "name", "old_protocol",
+)  # fmt: skip
+_REASON_SPAN = ("final_score", "ci_low", "ci_high", "forget_quality", "retain_ratio", "test_ratio", "retain_acc", "test_acc", "forget_acc")
+_HEADERS = {
+    "final_score": "final score", "ci_low": "95% CI low", "ci_high": "95% CI high", "forget_quality": "forget quality F",
+    "retain_ratio": "retain ratio", "test_ratio": "test ratio", "retain_acc": "retain acc", "test_acc": "test acc",
+    "forget_acc": "forget acc", "median_run_s": "median run (s)", "worst_run_s": "worst run (s)", "n_ok": "runs ok",
+    "n_runs": "runs", "time_cap_s": "time cap (s)", "old_protocol": "old protocol",
+}  # fmt: skip
+_TEXT_COLUMNS = ("team", "name", "version", "kind", "flag", "status", "reason")
+
 
 def _page(title: str, body: str) -> str:
     return (
@@ -338,20 +380,40 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _cell(col: str, value: Any, *, link: str | None = None) -> str:
-    text = html.escape(_fmt(col, value))
+def _cell(col: str, value: Any, *, link: str | None = None, text: str | None = None, cls: str = "", span: int = 1) -> str:
+    text = html.escape(_fmt(col, value) if text is None else text)
     if link and text:
         text = f"<a href='{html.escape(link)}'>{text}</a>"
     numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     data_v = f" data-v='{float(value)!r}'" if numeric and _finite(value) else ""
-    cls = "" if numeric else " class='t'"
-    return f"<td{cls}{data_v}>{text}</td>"
+    classes = " ".join(c for c in (cls, "" if numeric else "t") if c)
+    attrs = f" class='{classes}'" if classes else ""
+    attrs += f" colspan='{span}'" if span > 1 else ""
+    return f"<td data-col='{col}'{attrs}{data_v}>{text}</td>"
 
 
-def _board_table(df: pd.DataFrame, *, columns: tuple[str, ...], link_prefix: str) -> str:
-    head = "".join(f"<th class='t'>{c}</th>" if c in ("team", "name", "version", "kind", "flag", "status", "reason") else f"<th>{c}</th>" for c in columns)
+def _header(col: str, *, sticky: bool = False) -> str:
+    classes = " ".join(c for c in ("t" if col in _TEXT_COLUMNS else "", "sticky" if sticky else "") if c)
+    attrs = f" class='{classes}'" if classes else ""
+    return f"<th data-col='{col}' title='{col}'{attrs}>{html.escape(_HEADERS.get(col, col))}</th>"
+
+
+def _same_as_team(team: str, name: str) -> bool:
+    """A name that only repeats the team ('copycat' for team copycat, 'finetune' for baseline:finetune)."""
+    return name == team or team.endswith(f":{name}")
+
+
+def _board_table(df: pd.DataFrame, *, link_prefix: str) -> str:
+    scored_reasons = df["final_score"].notna() & df["reason"].fillna("").astype(bool)
+    columns = [c for c in _SITE_COLUMNS if c != "name" or not all(map(_same_as_team, df["team"], df["name"]))]
+    if scored_reasons.any():  # a scored row's reason has no empty score cells to fill: it gets a column
+        columns.append("reason")
+    if df["old_protocol"].isna().all():
+        columns.remove("old_protocol")
+    head = "".join(_header(c, sticky=c == "team") for c in columns)
+    ranks = rank_labels(df)
     body = []
-    for _, row in df.iterrows():
+    for i, row in df.iterrows():
         if row["flag"] == CALIBRATION:
             cls = "calibration"
         elif row["status"] == PENDING:
@@ -360,44 +422,59 @@ def _board_table(df: pd.DataFrame, *, columns: tuple[str, ...], link_prefix: str
             cls = "failed"
         else:
             cls = ""
-        link = f"{link_prefix}{int(row['submission_id'])}.html"
-        cells = "".join(_cell(c, row[c], link=link if c == "team" else None) for c in columns)
-        body.append(f"<tr class='{cls}'>{cells}</tr>")
-    return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        spans_reason = pd.isna(row["final_score"]) and isinstance(row["reason"], str) and bool(row["reason"])
+        cells = []
+        for c in columns:
+            if c in _REASON_SPAN and spans_reason:
+                if c == _REASON_SPAN[0]:
+                    cells.append(_cell("reason", row["reason"], cls="reason", span=len(_REASON_SPAN)))
+                continue
+            if c == "reason":
+                cells.append(_cell(c, "" if spans_reason else row[c], cls="reason"))  # shown once
+            elif c == "rank":
+                cells.append(_cell(c, row[c], text=ranks[i]))
+            elif c == "team":
+                cells.append(_cell(c, row[c], link=f"{link_prefix}{int(row['submission_id'])}.html", cls="sticky"))
+            elif c == "kind":
+                cells.append(_cell(c, row[c], text=f"{row[c]} ({row['flag']})" if row["flag"] else None))
+            else:
+                cells.append(_cell(c, row[c]))
+        body.append(f"<tr class='{cls}'>{''.join(cells)}</tr>")
+    return f"<div class='scroll'><table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], info: Any, plots: bool, logs: bool) -> None:
     (site / "submissions").mkdir(parents=True)
     boards = tuple(frames)
-    name = html.escape(info.name or "competition")
+    competition = info.name or "competition"
     direction = "higher" if higher_is_better() else "lower"
-    columns = tuple(c for c in COLUMNS if c != "submission_id")
     for lb, df in frames.items():
-        parts = [f"<h1>{name}: {lb} leaderboard</h1>"]
+        parts = [f"<h1>{html.escape(competition)}: {lb} leaderboard</h1>"]
         parts += [f"<p class='note'>{html.escape(line)}</p>" for line in _info_lines(info, lb)]
         parts.append(
-            f"<p class='note'>Final score: {direction} is better. The row flagged '{CALIBRATION}' is the retrain "
-            "oracle scored like a submission: what a perfect unlearner gets at this number of runs; it is never "
-            "ranked. Failed submissions are listed at the bottom with their status and reason. Click a column to sort.</p>"
+            f"<p class='note'>Final score: {direction} is better; a rank like =2 is shared by tied scores. The row "
+            f"flagged '{CALIBRATION}' is the retrain oracle scored like a submission: what a perfect unlearner gets at "
+            "this number of runs; it is never ranked. Failed submissions are listed at the bottom, each with its status "
+            "and the reason in place of its scores. Click a column to sort; the table scrolls sideways.</p>"
         )
         if "private" in boards:
             other = "private.html" if lb == "public" else "index.html"
             parts.append(f"<p><a href='{other}'>{'private' if lb == 'public' else 'public'} leaderboard</a></p>")
-        parts.append(_board_table(df, columns=columns, link_prefix="submissions/"))
+        parts.append(_board_table(df, link_prefix="submissions/"))
         if plots:
             parts.append(_scatter(df, site / "img" / f"{lb}_scatter.png", rel=f"img/{lb}_scatter.png"))
         if lb == "public":
             every = build_leaderboard(store, leaderboard=lb, all_versions=True)
             if len(every) > len(df):
                 parts.append("<details><summary>All versions</summary>")
-                parts.append(_board_table(every, columns=columns, link_prefix="submissions/"))
+                parts.append(_board_table(every, link_prefix="submissions/"))
                 parts.append("</details>")
             parts.append("<h2>Statuses</h2><table><tbody>")
             parts += [f"<tr><td class='t'>{s.value}</td><td class='t'>{html.escape(d)}</td></tr>" for s, d in STATUS_DOCS.items()]
             parts.append(f"<tr><td class='t'>{PENDING}</td><td class='t'>no score stored yet (runs in progress or not started)</td></tr>")
             parts.append("</tbody></table>")
         page = "index.html" if lb == "public" else "private.html"
-        (site / page).write_text(_page(f"{info.name or 'competition'} {lb}", "\n".join(parts)))
+        (site / page).write_text(_page(f"{competition}: {lb} leaderboard", "\n".join(parts)))
 
     refs = {lb: store.references(leaderboard=lb) for lb in boards}
     ref_confs: dict[str, np.ndarray | None] = {}
@@ -406,7 +483,7 @@ def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], in
         for lb in boards:
             parts.append(_submission_section(store, sub, lb, site=site, refs=refs[lb], ref_confs=ref_confs, info=info, plots=plots,
                                                logs=logs))
-        (site / "submissions" / f"{sub.id}.html").write_text(_page(f"{sub.team} {sub.version}", "\n".join(parts)))
+        (site / "submissions" / f"{sub.id}.html").write_text(_page(f"{sub.team}, version {sub.version}: {competition}", "\n".join(parts)))
 
 
 def _scatter(df: pd.DataFrame, path: Path, *, rel: str) -> str:
@@ -425,10 +502,11 @@ def _scatter(df: pd.DataFrame, path: Path, *, rel: str) -> str:
 
 def _submission_header(sub: SubmissionRecord) -> str:
     flag = " (calibration: exempt from the time cap, never ranked)" if sub.exempt else ""
+    file = "" if _same_as_team(sub.team, sub.name) else f"file {html.escape(sub.name)}, "
     return (
         f"<p><a href='../index.html'>&larr; leaderboard</a></p>"
-        f"<h1>{html.escape(sub.team)}: {html.escape(sub.name)}</h1>"
-        f"<p class='note'>version {sub.version}, {sub.kind}{flag}, added {html.escape(sub.added_at)}</p>"
+        f"<h1>{html.escape(sub.team)}</h1>"
+        f"<p class='note'>{file}version {sub.version}, {sub.kind}{flag}, added {html.escape(sub.added_at)}</p>"
     )
 
 
@@ -448,7 +526,7 @@ def _submission_section(
             "median_run_s", "worst_run_s", "time_cap_s", "metric_version", "scored_at",
         ]  # fmt: skip
         rows = "".join(
-            f"<tr><th class='t'>{f}</th>{_cell(f, getattr(score, f).value if f == 'status' else getattr(score, f))}</tr>"
+            f"<tr><th class='t'>{f}</th>{_cell(f, getattr(score, f).value if f == 'status' else getattr(score, f), cls='reason' if f == 'reason' else '')}</tr>"
             for f in fields
         )
         parts.append(f"<table><tbody>{rows}</tbody></table>")
@@ -477,7 +555,13 @@ def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, inf
     arrays = store.score_arrays(sub.id, leaderboard=lb) if score is not None else {}
     eps = arrays.get("eps")
     if eps is not None:
-        add("Per-example epsilon and points", "eps", lambda p: report_plots.epsilon_histogram(eps, arrays.get("points"), p))
+        from harness.scoring.metric import EPSILON_CAP  # late: the metric loads torch
+
+        add("Per-example epsilon and points", "eps", lambda p: report_plots.epsilon_histogram(eps, arrays.get("points"), p, cap=EPSILON_CAP))
+        at_cap = int(np.count_nonzero(np.asarray(eps) >= EPSILON_CAP))
+        if at_cap:
+            parts.append(f"<p class='note'>{at_cap} of {np.asarray(eps).size} forget examples are at epsilon {EPSILON_CAP:g} "
+                         f"(their own bar, beside the histogram). {html.escape(report_plots.CAP_EXPLAINED)}</p>")
 
     def confs_plot(path: Path):
         if lb not in ref_confs:
@@ -515,13 +599,13 @@ def _runs_table(runs: list, *, logs: bool = False) -> str:
     if not runs:
         return ""
     cols = ("run_index", "seed", "status", "reason", "seconds", "peak_mem_mb", "retain_acc", "test_acc", "forget_acc")
-    head = "".join(f"<th>{c}</th>" for c in cols)
+    head = "".join(_header(c) for c in cols)
     body = []
     for r in runs:
         cls = "" if r.status is Status.OK else "failed"
-        cells = "".join(_cell(c, r.status.value if c == "status" else getattr(r, c)) for c in cols)
+        cells = "".join(_cell(c, r.status.value if c == "status" else getattr(r, c), cls="reason" if c == "reason" else "") for c in cols)
         body.append(f"<tr class='{cls}'>{cells}</tr>")
-    parts = [f"<h3>Runs</h3><table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"]
+    parts = [f"<h3>Runs</h3><div class='scroll'><table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"]
     if not logs:
         return "\n".join(parts)
     shown = [r for r in runs if r.status is not Status.OK and r.log][:_LOGS_ON_PAGE]
