@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.timefmt import seconds_text
 
 
 def _config(args: argparse.Namespace, **flag_keys: str):
@@ -91,6 +92,14 @@ def _format_dry_run(r: dict) -> str:
                      f"(same file and settings, key {r['key']}); --fresh runs them again")
     if r["error"]:
         lines.append(f"error       {r['error']}")
+    if r.get("hint"):
+        lines.append(f"hint        {r['hint']}")
+    if r.get("traceback"):
+        label = "traceback" if r["traceback"][0].startswith("Traceback") else "log tail"
+        lines.append(f"{label:<11} (the last {len(r['traceback'])} lines)")
+        lines += [f"  | {line}" for line in r["traceback"]]
+    if r.get("log") and r["status"] != "ok":
+        lines.append(f"full log    {r['log']} (every run's: {r['logs_dir']})")
     if r["final_score"] is not None:
         lines += [
             f"final score {r['final_score']:.4f}  (95% CI {r['ci_95'][0]:.4f} - {r['ci_95'][1]:.4f}, N = {r['n_models']})",
@@ -102,7 +111,8 @@ def _format_dry_run(r: dict) -> str:
         lines.append(f"calibration a perfect unlearner scores F ~ {r['noise_floor']:.3f} here ({r['noise_floor_note']})")
     times = r["run_times_s"]
     if times:
-        lines.append(f"run times   median {sorted(times)[len(times) // 2]:.2f} s, worst {max(times):.2f} s, cap {r['time_cap_s']:.2f} s")
+        lines.append(f"run times   median {seconds_text(sorted(times)[len(times) // 2])}, worst {seconds_text(max(times))}, "
+                     f"cap {seconds_text(r['time_cap_s'])}")
     over = r.get("over_cap")
     if over:
         lines += _format_over_cap(over, r["status"])
@@ -115,9 +125,9 @@ def _format_over_cap(over: dict, status: str) -> list[str]:
     if not late:
         return [f"over cap    no run went past the cap (allowance {over['allowance']:g}x)"]
     worst = max(late, key=lambda run: run["over_s"])
-    lines = [f"over cap    {len(late)} run(s) past the {over['time_cap_s']:.2f} s cap, by up to {worst['over_s']:.2f} s "
+    lines = [f"over cap    {len(late)} run(s) past the {seconds_text(over['time_cap_s'])} cap, by up to {seconds_text(worst['over_s'])} "
              f"({worst['ratio']:.2f}x, run {worst['run']}): the organizers would reject this file ({status})",
-             "            " + ", ".join(f"run {run['run']} +{run['over_s']:.2f} s" for run in late)]
+             "            " + ", ".join(f"run {run['run']} +{seconds_text(run['over_s'])}" for run in late)]
     would = over["would_score"]
     if would is not None:
         lines.append(f"would score {would['final_score']:.4f}  (95% CI {would['ci_95'][0]:.4f} - {would['ci_95'][1]:.4f}; "

@@ -48,7 +48,7 @@ from harness.results.lock import writer_lock
 from harness.results.store import Store, file_version
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
-from harness.sandbox.host import seconds_text
+from harness.timefmt import seconds_text
 from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.scoring.scores import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
 from harness.statuses import Status
@@ -57,6 +57,8 @@ LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
 BASELINE_PREFIX = "baseline:"  # a baseline's team; no submission file may take it
 DRY_RUNS_DIR = "dry-runs"  # runs/<name>/dry-runs/: dry runs' own store, apart from the competition's
+DRY_RUN_LOGS = "logs"  # runs/<name>/dry-runs/logs/<team>/run_<i>.log: kept, unlike the units' work folders
+UNCHANGED_RUNS = "unchanged_runs"  # extra: run indices whose weights came back equal to the original's
 
 
 @dataclass(frozen=True)
@@ -498,11 +500,16 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
         return
     plan.timings.append(outcome["timings"])
     timings.merge(outcome["timings"])
+    unchanged = {run["run_index"] for run in outcome["runs"] if run.pop("unchanged", False) and run["status"] == Status.OK.value}
     with timings.measure("store"):
         for run in outcome["runs"]:
             index = run["run_index"]
             store.record_run(plan.sub_id, leaderboard=prep.leaderboard, replace=index in plan.retry,
                              cause=plan.retry.get(index, "replaced"), **run)
+        before = set(store.get_extra(plan.sub_id, leaderboard=prep.leaderboard, name=UNCHANGED_RUNS, default=[]))
+        after = (before - set(unit.run_indices)) | unchanged
+        if after != before:
+            store.put_extra(plan.sub_id, leaderboard=prep.leaderboard, name=UNCHANGED_RUNS, value=sorted(after))
 
 
 def _runs_to_redo(store: Store, entry: Entry, sub_id: int, leaderboard: str, *, n_runs: int,
@@ -761,6 +768,9 @@ def dry_run(
     if over_cap_allowance is not None and not over_cap_allowance > 1:
         raise HarnessError(f"the over-cap allowance must be above 1 (a multiple of the cap, e.g. 3x), got {over_cap_allowance:g}")
     path = Path(submission)
+    if path.is_dir():
+        raise SubmissionError(f"submission {path} is a directory; pass the path of one .py file in it that defines "
+                              f"unlearning(), e.g. {path / 'my_method.py'}")
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; pass the path of a .py file defining unlearning()")
     check_sizes(cfg)
@@ -789,7 +799,44 @@ def dry_run(
                                  batch_format_override=batch_format, rerun={entry.team} if fresh else (),
                                  progress=progress, log=log, over_cap=over_cap_allowance)
         over = None if over_cap_allowance is None else over_cap_record(store, result, prep, over_cap_allowance)
-    return {**dry_run_record(result, prep), "over_cap": over, "stored_runs": len(stored), "key": key, "store": str(store.path)}
+        explained = explain_runs(store, result, prep, batch_format=batch_format)
+    return {**dry_run_record(result, prep), **explained, "over_cap": over, "stored_runs": len(stored), "key": key,
+            "store": str(store.path)}
+
+
+def explain_runs(store: Store, result: EntryResult, prep: Prepared, *, batch_format: str | None) -> dict:
+    """What a participant needs beside the reason: every run's full log kept as a file in the dry
+    runs' folder (the units' work folders are deleted), the failed run's traceback tail, and a
+    one-line hint for the common mistakes (CUDA on a machine without one, a batch indexed for the
+    other BATCH_FORMAT, the original's weights returned unchanged)."""
+    from harness.sandbox.hints import UNCHANGED_HINT, declared_batch_format, failure_hint, traceback_tail
+
+    n_runs = prep.cfg.submissions.n_runs
+    runs = [r for r in store.runs(result.submission_id, prep.leaderboard) if r.run_index < n_runs]
+    folder = prep.run_dir / DRY_RUN_LOGS / result.entry.team
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("run_*.log"):
+        stale.unlink()
+    for run in runs:
+        (folder / f"run_{run.run_index}.log").write_text(run.log or "")
+    failed = next((r for r in runs if r.status is not Status.OK), None)
+    unchanged = store.get_extra(result.submission_id, leaderboard=prep.leaderboard, name=UNCHANGED_RUNS, default=[])
+    hint, tail = None, []
+    if failed is not None:
+        source = result.entry.path.read_text(errors="replace")
+        batches = batch_format or declared_batch_format(source) or prep.cfg.task.batch_format
+        hint = failure_hint(failed.log, device=prep.device, batch_format=batches)
+        tail = traceback_tail(failed.log)
+    elif unchanged:
+        hint = UNCHANGED_HINT if len(unchanged) == len(runs) else f"{len(unchanged)} of {len(runs)} runs: {UNCHANGED_HINT}"
+    shown = failed or (runs[0] if runs else None)
+    return {
+        "hint": hint,
+        "traceback": tail,
+        "log": str(folder / f"run_{shown.run_index}.log") if shown is not None else None,
+        "logs_dir": str(folder),
+        "unchanged_runs": list(unchanged),
+    }
 
 
 def over_cap_record(store: Store, result: EntryResult, prep: Prepared, allowance: float) -> dict:

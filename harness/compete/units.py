@@ -258,6 +258,7 @@ def _run_in(work: Path, data_dir: Path, unit: RunSubmission, start: float) -> di
             "run_index": unit.run_indices[result.index], "seed": result.seed, "status": Status.parse(result.status).value,
             "reason": result.reason or "", "seconds": result.seconds, "peak_mem_mb": result.peak_mem_mb,
             "log": result.log or "",
+            "unchanged": bool(result.unchanged),  # not a store column: the runner keeps it as an extra
         }
         timings["submission"] += result.seconds or 0.0
         over = run["status"] == Status.TIMEOUT.value and result.weights_path is not None  # within a dry run's allowance

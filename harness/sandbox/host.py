@@ -45,6 +45,7 @@ from harness.sandbox.backends import SCRATCH_DIRS, Backend, Exchange, Launched, 
 from harness.sandbox.logs import LogSplitter
 from harness.sandbox.outcomes import ExitInfo, Status, classify_exit, describe_exit, one_line
 from harness.sandbox.protocol import INBOX_FILES, ORIGINAL, RUNS, SUBMISSION, ControlLine, parse_control_line, read_spec, weights_name
+from harness.timefmt import seconds_text
 
 EXCHANGE = "exchange"
 POLL_S = 0.02
@@ -56,11 +57,6 @@ MIB = 1024 * 1024
 # What a run may claim about itself; everything else is the host's to say.
 CLAIMABLE = frozenset({Status.OK, Status.IMPORT_ERROR, Status.MISSING_FUNCTION, Status.EXCEPTION,
                        Status.OUT_OF_MEMORY, Status.BAD_WEIGHTS})
-
-
-def seconds_text(value: float) -> str:
-    """The one way a time is written in every reason and table: '1.65 s'."""
-    return f"{value:.2f} s"
 
 
 @dataclass
@@ -79,6 +75,7 @@ class RunResult:
     cpu_seconds: float | None = None  # CPU time of the sandbox's processes during the run (cgroups)
     window_s: float | None = None  # host-seen wall time from the run's start to its end
     scratch_mb: float | None = None  # what the run left in its scratch folders (deleted)
+    unchanged: bool | None = None  # ok runs: the weights came back equal to the original's, tensor for tensor
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -341,7 +338,7 @@ class _Session:
             self._kill()
             raise _Stop(Status.EXCEPTION, f"left {exited.left} processes the sandbox could not stop",
                         f"not run: run {index} left processes the sandbox could not stop", seconds=seconds)
-        status, reason, weights = self._outcome(index, exited, seconds)
+        status, reason, weights, unchanged = self._outcome(index, exited, seconds)
         scratch = self._clean()
         peak = launched.peak_memory_mb() or _number((exited.claim or {}).get("peak_rss_mb"))
         self.splitter.wait_for_end(index, timeout=1.0)
@@ -349,11 +346,11 @@ class _Session:
         if status is not Status.OK and index == 0:
             log = self.splitter.text(None) + log
         result = RunResult(index, self.c.seeds[index], status, reason, round(seconds, 6), peak, log, weights,
-                           _number((exited.claim or {}).get("peak_gpu_mb")), cpu, round(window, 6), scratch)
+                           _number((exited.claim or {}).get("peak_gpu_mb")), cpu, round(window, 6), scratch, unchanged)
         self.c.record(result)
         if status is Status.TIMEOUT and weights is None:
             raise _Stop(Status.TIMEOUT, reason, f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap "
-                                                f"(took {seconds_text(seconds)})", seconds=seconds)
+                                                f"(took {seconds_text(seconds, unlike=self.c.cap)})", seconds=seconds)
 
     def _one(self, index: int, *, cap: float | None) -> tuple[float, ControlLine]:
         """Start run `index`, watch it, and return (its host-seen window, its exit line)."""
@@ -366,32 +363,33 @@ class _Session:
         stopped, exited = self._next("exited", deadline=deadline, phase="run", index=index, since=t0)
         return stopped - t0, exited
 
-    def _outcome(self, index: int, exited: ControlLine, seconds: float) -> tuple[Status, str, Path | None]:
+    def _outcome(self, index: int, exited: ControlLine, seconds: float) -> tuple[Status, str, Path | None, bool | None]:
+        """(status, reason, validated weights, whether they equal the original's)."""
         claim = exited.claim
         if claim is None:  # it ended without reporting: how it ended says why
             signum = int(exited.how.split(":")[1]) if exited.how.startswith("signal:") else None
             code = int(exited.how.split(":")[1]) if exited.how.startswith("code:") else None
             info = ExitInfo(code=code, signal=signum, kernel_oom_kills=self.launched.oom_kills())
             status, why = classify_exit(info, log_tail=self.splitter.text(index))
-            return status, one_line(f"the run's process {why} without reporting"), None
+            return status, one_line(f"the run's process {why} without reporting"), None, None
         try:
             status = Status.parse(claim.get("status"))
         except HarnessError:
             status = None
         if status not in CLAIMABLE:
-            return Status.EXCEPTION, "the run's report is malformed (the submission wrote into the harness's channel)", None
+            return Status.EXCEPTION, "the run's report is malformed (the submission wrote into the harness's channel)", None, None
         if status is not Status.OK:
-            return status, self._public(claim.get("reason"), status), None
+            return status, self._public(claim.get("reason"), status), None, None
         over = self.c.cap is not None and seconds > self.c.cap
+        late = f"took {seconds_text(seconds, unlike=self.c.cap)}, past the {seconds_text(self.c.cap)} time cap" if over else ""
         if over and self.c.over_cap is None:
-            return Status.TIMEOUT, f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap", None
-        weights, problem = self._take_weights(index)
+            return Status.TIMEOUT, late, None, None
+        weights, problem, unchanged = self._take_weights(index)
         if problem is not None:
-            return Status.BAD_WEIGHTS, problem, None
+            return Status.BAD_WEIGHTS, problem, None, None
         if over:  # a dry run's allowance: the organizers' verdict, and weights to say what it would score
-            return Status.TIMEOUT, (f"took {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap "
-                                    f"(finished within the dry run's {self.c.over_cap:g}x allowance)"), weights
-        return Status.OK, None, weights
+            return Status.TIMEOUT, f"{late} (finished within the dry run's {self.c.over_cap:g}x allowance)", weights, unchanged
+        return Status.OK, None, weights, unchanged
 
     def _public(self, reason: str | None, status: Status) -> str:
         """The run's own reason, only as far as it fits the harness's templates (see reasons)."""
@@ -401,8 +399,10 @@ class _Session:
             self._source = (self.c.inbox / SUBMISSION).read_text(errors="replace")
         return public_reason(reason, file=self.c.source_name, source=self._source, fallback=status.doc)
 
-    def _take_weights(self, index: int) -> tuple[Path | None, str | None]:
-        """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes."""
+    def _take_weights(self, index: int) -> tuple[Path | None, str | None, bool | None]:
+        """Copy the run's weights out of the sandbox's folder, then validate the copy's bytes;
+        (the copy, or None and the problem; whether every tensor equals the original's)."""
+        import torch
         from safetensors.torch import load as load_bytes
 
         from harness.learn.models import validate_state_dict
@@ -412,32 +412,33 @@ class _Session:
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            return None, f"no weights file came back ({exc.strerror})"
+            return None, f"no weights file came back ({exc.strerror})", None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                return None, "the weights file is not a regular file"
+                return None, "the weights file is not a regular file", None
             if info.st_size > limit:
                 return None, (f"the weights file has {info.st_size / MIB:.0f} MB, over its {limit / MIB:.0f} MB limit "
-                              "(twice the original's)")
+                              "(twice the original's)"), None
             with os.fdopen(os.dup(fd), "rb") as handle:
                 data = handle.read(limit + 1)
         finally:
             os.close(fd)
         if len(data) < 8 or struct.unpack("<Q", data[:8])[0] > min(len(data) - 8, 16 * MIB):
-            return None, "the weights file's header is malformed or oversized"
+            return None, "the weights file's header is malformed or oversized", None
         try:
             state = load_bytes(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure means unusable weights
-            return None, one_line(f"the weights file is not valid safetensors ({type(exc).__name__})")
+            return None, one_line(f"the weights file is not valid safetensors ({type(exc).__name__})"), None
         problem = validate_state_dict(self.reference, state)
         if problem is not None:
-            return None, one_line(f"the returned weights do not fit the model: {problem}")
+            return None, one_line(f"the returned weights do not fit the model: {problem}"), None
+        unchanged = all(torch.equal(state[key], value) for key, value in self.reference.items())
         target = self.c.outbox / weights_name(index)
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
-        return target, None
+        return target, None, unchanged
 
     @property
     def reference(self):
@@ -500,12 +501,12 @@ class _Session:
         if phase == "run" and index is not None and index >= 0:
             seconds = max(0.0, now - since - self.allowance)
             beyond = "" if self.c.over_cap is None else f" and the dry run's {self.c.over_cap:g}x allowance"
-            raise _Stop(Status.TIMEOUT, f"ran {seconds_text(seconds)}, past the {seconds_text(self.c.cap)} time cap{beyond}; killed",
-                        f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap (killed after {seconds_text(seconds)})",
+            raise _Stop(Status.TIMEOUT, f"ran {seconds_text(seconds, unlike=self.c.cap)}, past the {seconds_text(self.c.cap)} time cap{beyond}; killed",
+                        f"not run: run {index} exceeded the {seconds_text(self.c.cap)} time cap (killed after {seconds_text(seconds, unlike=self.c.cap)})",
                         seconds=seconds)
-        what = {"boot": f"did not start within {self.c.startup_timeout:.0f} s (loading torch and the data)",
-                "fork": f"did not start run {index} within {self.c.grace:.0f} s",
-                "run": f"did not finish its probe run within {self.c.startup_timeout:.0f} s"}[phase]
+        what = {"boot": f"did not start within {seconds_text(self.c.startup_timeout)} (loading torch and the data)",
+                "fork": f"did not start run {index} within {seconds_text(self.c.grace)}",
+                "run": f"did not finish its probe run within {seconds_text(self.c.startup_timeout)}"}[phase]
         raise _Stop(Status.SANDBOX_ERROR, f"the sandbox {what}")
 
     def _died(self, phase: str, index: int | None, since: float | None) -> None:

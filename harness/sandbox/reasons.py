@@ -20,6 +20,7 @@ LIBRARY_EXCEPTIONS = frozenset({
 BUILTIN_EXCEPTIONS = frozenset(name for name, value in vars(builtins).items()
                                if isinstance(value, type) and issubclass(value, BaseException))
 _FRAME = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+)(?: in (?P<function>[\w<>]+))?$")
+_ELIDED = re.compile(r"^\(\d+ more\)$")  # frames a deep chain leaves out between its two ends
 _EXCEPTION = re.compile(r"^(?P<type>\w+)(?P<exit> \(called sys\.exit\))?(?: at (?P<frames>.+))?$")
 _PREFIXES = ("importing {file} failed: ", "the model's weights cannot be read: ")
 _FIXED = (
@@ -55,7 +56,10 @@ def _exception(text: str, *, file: str, source: str) -> str | None:
         return text
     lines = source.count("\n") + 1
     defined = set(re.findall(r"^\s*(?:async\s+)?def\s+(\w+)", source, flags=re.MULTILINE)) | {"<module>", "<lambda>"}
-    for frame in match["frames"].split(" -> "):
+    frames = match["frames"].split(" -> ")
+    for position, frame in enumerate(frames):
+        if 0 < position < len(frames) - 1 and _ELIDED.match(frame):
+            continue
         parts = _FRAME.match(frame)
         if parts is None or parts["file"] != file or not 1 <= int(parts["line"]) <= lines:
             return None

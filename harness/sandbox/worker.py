@@ -30,6 +30,7 @@ import ctypes
 import gc
 import importlib.util
 import json
+import linecache
 import os
 import random
 import signal
@@ -57,6 +58,7 @@ from harness.sandbox.protocol import (
 )
 
 TRACEBACK_LINES = 30
+CHAIN_FRAMES = 5  # frames a public reason names at most; deeper chains keep both ends
 CLAIM_BYTES = 64 * 1024
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -313,10 +315,7 @@ class Run:
     def import_submission(self):
         path = self.z.inbox / SUBMISSION
         try:
-            module_spec = importlib.util.spec_from_file_location("submission", path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules["submission"] = module
-            module_spec.loader.exec_module(module)
+            module = load_module(path, self.source_name)
         except BaseException as exc:  # noqa: BLE001 - SystemExit at import is the submission's too
             self.guard_fork()
             print_traceback(exc, path, self.source_name)
@@ -514,24 +513,50 @@ def peak_gpu_mb(torch, device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
+def load_module(path: Path, name: str):
+    """Import the inbox's file as module `submission`, its code compiled under the participant's
+    own file name, so tracebacks, warnings and frames say `my_method.py`, never the sandbox copy."""
+    source = path.read_bytes()
+    module_spec = importlib.util.spec_from_file_location("submission", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["submission"] = module
+    text = source.decode("utf-8", errors="replace")
+    linecache.cache[name] = (len(text), None, text.splitlines(keepends=True), name)  # no mtime: never re-read
+    exec(compile(source, name, "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - the run is for this
+    return module
+
+
 def describe(exc: BaseException, path: Path, name: str) -> str:
-    """The public reason, a template: 'ValueError at example.py:12 in unlearning'. The message
-    itself can carry anything the submission wants published, so it goes to the private log only."""
+    """The public reason, a template: 'ValueError at my_method.py:12 in unlearning -> my_method.py:28
+    in hessian', the chain of frames in the participant's file from the outermost (unlearning, or
+    the module at import) inwards. The message itself can carry anything the submission wants
+    published, so it goes to the private log only."""
     text = type(exc).__name__
     if isinstance(exc, SystemExit):
         text = "SystemExit (called sys.exit)"
-    if isinstance(exc, SyntaxError) and exc.lineno and str(exc.filename) == str(path):
+    if isinstance(exc, SyntaxError) and exc.lineno and str(exc.filename) in (name, str(path)):
         return f"{text} at {name}:{exc.lineno}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    frames = [f"{name}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__) if _theirs(f.filename, path, name)]
+    if len(frames) > CHAIN_FRAMES:  # deep recursion: the outermost, how many were left out, the innermost
+        frames = [frames[0], f"({len(frames) - CHAIN_FRAMES + 1} more)", *frames[-(CHAIN_FRAMES - 2):]]
     if frames:
-        chain = " -> ".join(f"{name}:{f.lineno} in {f.name}" for f in frames[-4:])  # from unlearning() inwards
-        text += f" at {chain}"
+        text += " at " + " -> ".join(frames)
     return one_line(text)
 
 
 def print_traceback(exc: BaseException, path: Path, name: str) -> None:
-    lines = "".join(traceback.format_exception(exc)).replace(str(path), name).splitlines()
+    """The traceback into the run's (private) log, from the first frame in the participant's file:
+    the harness's own frames that called it are not theirs to read."""
+    shown = traceback.TracebackException.from_exception(exc)
+    first = next((i for i, f in enumerate(shown.stack) if _theirs(f.filename, path, name)), None)
+    if first:
+        shown.stack = traceback.StackSummary.from_list(shown.stack[first:])
+    lines = "".join(shown.format()).replace(str(path), name).splitlines()
     print("\n".join(lines[-TRACEBACK_LINES:]), file=sys.stderr, flush=True)
+
+
+def _theirs(filename: str, path: Path, name: str) -> bool:
+    return filename in (name, str(path))
 
 
 def main(argv: list[str]) -> int:
