@@ -10,7 +10,8 @@ hardware. The contract:
 - retain_loader, forget_loader, val_loader: torch DataLoaders (batch 64, shuffled) whose batches
   are dicts: "image" (float32, N x C x H x W), "age_group" (the label, int64), "age",
   "image_id", "person_id". Set BATCH_FORMAT = "tuple" at module level to get (image, label)
-  batches instead, as in the CIFAR-10 starting kit.
+  batches instead, as in the CIFAR-10 starting kit; a config may choose tuples too
+  (configs/cifar10.yaml does), so this file reads either (images_and_labels below).
 - Use only these four arguments: no files outside the scratch directories, no downloads.
 - A loader's last batch holds a single example when its size is 1 more than a multiple of 64;
   in train mode BatchNorm fails on it (ResNet-18 at 32 px does), so skip it as below.
@@ -22,6 +23,13 @@ forgets a little by catastrophic forgetting. Try it with `unlearn dry-run submis
 from torch import nn, optim
 
 
+def images_and_labels(batch):
+    """A batch is a dict with Kaggle's keys, or an (image, label) pair under BATCH_FORMAT "tuple"."""
+    if isinstance(batch, dict):
+        return batch["image"], batch["age_group"]
+    return batch[0], batch[1]
+
+
 def unlearning(net, retain_loader, forget_loader, val_loader):
     device = next(net.parameters()).device
     epochs = 1
@@ -31,9 +39,9 @@ def unlearning(net, retain_loader, forget_loader, val_loader):
 
     net.train()
     for _ in range(epochs):
-        for sample in retain_loader:
-            inputs = sample["image"].to(device)
-            targets = sample["age_group"].to(device)
+        for batch in retain_loader:
+            inputs, targets = images_and_labels(batch)
+            inputs, targets = inputs.to(device), targets.to(device)
             if len(targets) < 2:  # a last batch of one example: BatchNorm cannot train on it
                 continue
             optimizer.zero_grad()

@@ -199,7 +199,7 @@ def test_write_leaderboard_markdown_flags_calibration_row(store, tmp_path, highe
     lines = (out / "leaderboard_public.md").read_text().splitlines()
     table = [line for line in lines if line.startswith("| ")]
     assert table[1].startswith("|  | baseline:retrain |") and "(calibration)" in table[1]
-    assert "time cap 3.0 s per run = 0.2 x median solo retrain 15.0 s on test cpu" in "\n".join(lines)
+    assert "time cap 3.00 s per run = 0.2 x median solo retrain 15.0 s on test cpu" in "\n".join(lines)
     csv = pd.read_csv(out / "leaderboard_public.csv")
     assert csv["team"].iloc[0] == "baseline:retrain" and csv["status"].iloc[-1] == "pending"
 

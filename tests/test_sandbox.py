@@ -572,6 +572,169 @@ def test_public_reasons_keep_only_the_templates(reason, public):
     assert got == (reason if public == "same" else "FALLBACK")
 
 
+@pytest.mark.parametrize(
+    ("reason", "public"),
+    [
+        ("RecursionError at mine.py:4 in unlearning -> (12 more) -> mine.py:7 in helper", "same"),
+        ("RecursionError at (12 more) -> mine.py:7 in helper", "fallback"),  # a chain starts at a frame
+        ("RecursionError at mine.py:4 in unlearning -> (img7 is 3) -> mine.py:7 in helper", "fallback"),
+    ],
+    ids=["elided-middle", "elided-start", "not-a-count"],
+)
+def test_public_reasons_keep_a_long_chains_count_of_left_out_frames(reason, public):
+    from harness.sandbox.reasons import public_reason
+
+    got = public_reason(reason, file="mine.py", source=SOURCE, fallback="FALLBACK")
+    assert got == (reason if public == "same" else "FALLBACK")
+
+
+# -- errors that point at the participant's file ------------------------------------------------
+MY_METHOD = """\
+import torch
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    for batch in retain_loader:
+        step(net, batch)
+
+
+def step(net, batch):
+    return hessian(net)
+
+
+def hessian(net):
+    raise ValueError("the Hessian of img7 is singular")
+
+
+def deep(n):
+    return deep(n - 1) if n else hessian(None)
+"""
+
+
+def _raised(tmp_path: Path, call: str):
+    """Import MY_METHOD from the sandbox's name for it under the participant's name, as a run does."""
+    import sys
+
+    from harness.sandbox.worker import load_module
+
+    path = tmp_path / "inbox" / "submission.py"
+    path.parent.mkdir()
+    path.write_text(MY_METHOD)
+    saved = sys.modules.get("submission")
+    try:
+        module = load_module(path, "my_method.py")
+        with pytest.raises(Exception) as info:
+            eval(call, vars(module))  # noqa: S307 - the test's own fixed expression
+    finally:
+        sys.modules.pop("submission", None)
+        if saved is not None:
+            sys.modules["submission"] = saved
+    return info.value, path
+
+
+def test_reason_names_the_participants_file_and_the_chain_from_unlearning(tmp_path):
+    from harness.sandbox.reasons import public_reason
+    from harness.sandbox.worker import describe
+
+    exc, path = _raised(tmp_path, "unlearning(None, [{}], None, None)")
+    reason = describe(exc, path, "my_method.py")
+    assert reason == "ValueError at my_method.py:6 in unlearning -> my_method.py:10 in step -> my_method.py:14 in hessian"
+    assert public_reason(reason, file="my_method.py", source=MY_METHOD, fallback="FALLBACK") == reason
+    assert "img7" not in reason  # the exception's text is the log's only
+
+
+def test_reason_of_a_deep_chain_keeps_both_ends_and_says_how_many_are_left_out(tmp_path):
+    from harness.sandbox.reasons import public_reason
+    from harness.sandbox.worker import CHAIN_FRAMES, describe
+
+    exc, path = _raised(tmp_path, "deep(40)")
+    reason = describe(exc, path, "my_method.py")
+    frames = reason.split(" at ", 1)[1].split(" -> ")
+    assert len(frames) == CHAIN_FRAMES
+    assert frames[0] == "my_method.py:18 in deep" and frames[1] == f"({41 + 1 - CHAIN_FRAMES + 1} more)"
+    assert frames[-1] == "my_method.py:14 in hessian"
+    assert public_reason(reason, file="my_method.py", source=MY_METHOD, fallback="FALLBACK") == reason
+
+
+def test_traceback_in_the_log_starts_in_the_participants_file_and_names_it(tmp_path, capsys):
+    from harness.sandbox.worker import print_traceback
+
+    exc, path = _raised(tmp_path, "unlearning(None, [{}], None, None)")
+    print_traceback(exc, path, "my_method.py")
+    log = capsys.readouterr().err
+    lines = log.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1] == '  File "my_method.py", line 6, in unlearning'  # not the harness's frames that called it
+    assert '  File "my_method.py", line 14, in hessian' in lines and "    raise ValueError(\"the Hessian of img7 is singular\")" in lines
+    assert lines[-1] == "ValueError: the Hessian of img7 is singular"
+    assert "submission.py" not in log and str(tmp_path) not in log
+
+
+def test_syntax_error_names_the_participants_file_and_line(tmp_path):
+    from harness.sandbox.worker import describe, load_module
+
+    path = tmp_path / "submission.py"
+    path.write_text("def unlearning(net, a, b, c):\n    return (\n")
+    with pytest.raises(SyntaxError) as info:
+        load_module(path, "my_method.py")
+    assert describe(info.value, path, "my_method.py") == "SyntaxError at my_method.py:2"
+
+
+# -- hints --------------------------------------------------------------------------------------
+def _log(*exception: str) -> str:
+    return "\n".join(["epoch 1", "Traceback (most recent call last):", '  File "my_method.py", line 6, in unlearning',
+                      "    x = batch[0]", "        ~~~~~^^^", *exception])
+
+
+NO_DRIVER = "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver"
+
+
+@pytest.mark.parametrize(
+    ("log", "device", "batch_format", "hint"),
+    [
+        (_log(NO_DRIVER), "cpu", "dict", "CUDA_HINT"),
+        (_log("AssertionError: Torch not compiled with CUDA enabled"), "cpu", "tuple", "CUDA_HINT"),
+        (_log(NO_DRIVER), "cuda", "dict", None),  # a CUDA machine's driver trouble is not this mistake
+        (_log("KeyError: 0"), "cpu", "dict", "DICT_HINT"),
+        (_log("ValueError: too many values to unpack (expected 2)"), "cpu", "dict", "DICT_HINT"),
+        (_log("AttributeError: 'str' object has no attribute 'to'"), "cpu", "dict", "DICT_HINT"),
+        (_log("ValueError: too many values to unpack (expected 2)"), "cpu", "tuple", None),
+        (_log("TypeError: list indices must be integers or slices, not str"), "cpu", "tuple", "TUPLE_HINT"),
+        (_log("TypeError: list indices must be integers or slices, not str"), "cpu", "dict", None),
+        (_log("KeyError: 'img'"), "cpu", "dict", None),
+        (_log("ValueError: the Hessian is singular"), "cpu", "dict", None),
+        ("printed KeyError: 0 but never raised", "cpu", "dict", None),
+    ],
+    ids=["no-driver", "cpu-build", "cuda-machine", "dict-by-int", "dict-unpacked", "dict-key-used", "tuple-unpacked",
+         "tuple-by-str", "dict-list-index", "missing-key", "other", "no-traceback"],
+)
+def test_failure_hint_names_the_common_mistake(log, device, batch_format, hint):
+    from harness.sandbox import hints
+
+    assert hints.failure_hint(log, device=device, batch_format=batch_format) == (getattr(hints, hint) if hint else None)
+
+
+def test_traceback_tail_is_the_last_traceback_cut_to_its_last_lines():
+    from harness.sandbox.hints import traceback_tail
+
+    log = "noise\n" + _log("ValueError: first") + "\nmore noise\n" + _log("KeyError: 0")
+    assert traceback_tail(log) == _log("KeyError: 0").splitlines()[1:]
+    assert traceback_tail(log, lines=2) == ["        ~~~~~^^^", "KeyError: 0"]
+    assert traceback_tail("a\n\nb\n") == ["a", "b"]  # no traceback (a timeout): the log's last lines
+
+
+@pytest.mark.parametrize(
+    ("source", "declared"),
+    [('BATCH_FORMAT = "tuple"\n', "tuple"), ("BATCH_FORMAT: str = 'dict'\n", "dict"), ("x = 1\n", None),
+     ("BATCH_FORMAT = pick()\n", None), ("def f(:\n", None)],
+    ids=["tuple", "annotated", "none", "computed", "syntax-error"],
+)
+def test_declared_batch_format_is_read_without_running_the_file(source, declared):
+    from harness.sandbox.hints import declared_batch_format
+
+    assert declared_batch_format(source) == declared
+
+
 def test_remove_stale_clears_the_cgroups_of_a_killed_runner_only():
     import subprocess
 

@@ -229,7 +229,7 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
                                       noise=lambda n: _noise_run_times(provisional, executor, n, log=log))
     else:
         time_cap_s, basis = base.time_cap_s, {**base.time_cap_basis, "measured_for": base.leaderboard}
-        log(f"time cap: {time_cap_s:.2f} s per run, the {base.leaderboard} board's (one cap per competition)")
+        log(f"time cap: {seconds_text(time_cap_s)} per run, the {base.leaderboard} board's (one cap per competition)")
     return Prepared(
         cfg=cfg,
         leaderboard=leaderboard,

@@ -50,6 +50,7 @@ from harness.results.lock import writer_lock
 from harness.results.store import LEADERBOARDS, Store, SubmissionRecord
 from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.statuses import STATUS_DOCS, Status
+from harness.timefmt import seconds_text
 
 COLUMNS = (
     "rank",
@@ -280,18 +281,20 @@ def _info_lines(info: Any, leaderboard: str) -> list[str]:
     cap = info.time_caps.get(leaderboard, {})
     if "time_cap_s" in cap and "median_retrain_s" in cap:
         lines.append(
-            f"time cap {cap['time_cap_s']:.1f} s per run = {cap.get('fraction', '?')} x median solo retrain "
-            f"{cap['median_retrain_s']:.1f} s on {cap.get('hardware', 'unknown hardware')}"
+            f"time cap {seconds_text(cap['time_cap_s'])} per run = {cap.get('fraction', '?')} x median solo retrain "
+            f"{seconds_text(cap['median_retrain_s'])} on {cap.get('hardware', 'unknown hardware')}"
         )
     elif "time_cap_s" in cap or "fixed_s" in cap:
-        lines.append(f"time cap {cap.get('time_cap_s', cap.get('fixed_s'))} s per run (fixed)")
+        lines.append(f"time cap {seconds_text(float(cap.get('time_cap_s', cap.get('fixed_s'))))} per run (fixed)")
     return lines
 
 
 def _fmt(col: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
-    if col in ("median_run_s", "worst_run_s", "time_cap_s", "seconds", "peak_mem_mb"):
+    if col in ("median_run_s", "worst_run_s", "time_cap_s", "seconds"):
+        return seconds_text(value)
+    if col == "peak_mem_mb":
         return f"{float(value):.1f}"
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4f}"

@@ -23,6 +23,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
+from harness.timefmt import seconds_text
+
 DPI = 100
 MIN_TEXT_PT = 9  # 12.5 px at DPI: the smallest text a plot may draw
 UNLEARNED = "#1f77b4"
@@ -163,7 +165,7 @@ def run_times_figure(run_index: Sequence[int], seconds: Sequence[float | None], 
         mask = np.array([s == status for s in statuses])
         ax.scatter(x[mask], y[mask], s=20, label=status)
     if cap_s is not None:
-        ax.axhline(cap_s, color="red", linestyle="--", label=f"cap {cap_s:.1f} s")
+        ax.axhline(cap_s, color="red", linestyle="--", label=f"cap {seconds_text(cap_s)}")
     ax.set_xlabel("run")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
