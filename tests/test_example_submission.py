@@ -2,7 +2,7 @@
 
 Every configs/*.yaml is built as shipped (its model, batch size, batch format, image size), on a
 dataset generated in its layout where the config reads files; the example's unlearning() then
-runs as the worker calls it. One real dry run in the sandbox covers tuple batches end to end.
+runs as the worker calls it. test_runner_dry_run dry-runs it with tuple batches in the sandbox.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from harness.config import load_config
 from harness.data.loaders import make_loader
 from harness.data.task import build_task
 from harness.models import build_model, validate_state_dict
-from harness.runner import dry_run
 from kaggle_layout import write_kaggle_layout
 from test_data_layouts import make_cifar, make_surf, write_image
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "submissions" / "example_submission.py"
-TINY = Path(__file__).parent / "data" / "tiny.yaml"
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 
@@ -105,11 +103,3 @@ def test_example_submission_runs_on_the_shipped_config(name, tmp_path):
     state = model.state_dict()
     assert validate_state_dict(original.state_dict(), state) is None
     assert not all(torch.equal(state[k], v) for k, v in original.state_dict().items()), "the example changed nothing"
-
-
-def test_example_submission_dry_runs_with_tuple_batches_in_the_sandbox(tmp_path):
-    """configs/cifar10.yaml's batch format through the real worker: the run scores, it does not raise."""
-    cfg = load_config(TINY, overrides={"output.dir": str(tmp_path / "runs"), "task.batch_format": "tuple"})
-    record = dry_run(EXAMPLE, cfg, progress=False, log=lambda _: None)
-    assert record["status"] == "ok", record["error"]
-    assert record["final_score"] is not None and record["hint"] is None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from harness.compete.executors import make_executor
 from harness.compete.runner import DRY_RUNS_DIR, dry_run, run_competition
 from harness.config import load_config
+from harness.errors import SubmissionError
 from harness.learn.models import build_model
 from harness.results.store import Store
 
@@ -143,3 +145,105 @@ def test_dry_run_never_replays_runs_of_another_original_model(tmp_path):
     assert first["stored_runs"] == 0 and second["stored_runs"] == 0
     assert first["key"] != second["key"]
     assert len(Store(cfg.run_dir / DRY_RUNS_DIR / "results.sqlite").all_runs()) == 2 * 4
+
+
+# -- a failed dry run explains itself: the participant's file and line, the traceback, the log, a hint
+MY_METHOD = '''\
+import torch
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    for batch in retain_loader:
+        hessian(net, batch["image"])
+
+
+def hessian(net, images):
+    raise ValueError(f"the Hessian of {len(images)} images is singular")
+'''
+CUDA_ON_CPU = '''\
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    net.cuda()
+'''
+DICT_BY_INDEX = '''\
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    for batch in retain_loader:
+        images, labels = batch[0], batch[1]
+'''
+TUPLE_BY_KEY = '''\
+BATCH_FORMAT = "tuple"
+
+
+def unlearning(net, retain_loader, forget_loader, val_loader):
+    for batch in retain_loader:
+        images = batch["image"]
+'''
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    """One tiny competition's cache and one pool for the dry runs below."""
+    root = tmp_path_factory.mktemp("dry-runs")
+    cfg = tiny(root)
+    with make_executor(cfg.executor) as executor:
+        yield cfg, executor, root
+
+
+def test_failed_dry_run_names_the_participants_file_and_keeps_the_full_log(competition):
+    cfg, executor, root = competition
+    path = write(root / "mine" / "my_method.py", MY_METHOD)
+    record = dry_run(path, cfg, executor=executor, **QUIET)
+    assert record["status"] == "exception"
+    assert record["error"] == "run 0: ValueError at my_method.py:6 in unlearning -> my_method.py:10 in hessian"
+    tail = record["traceback"]
+    assert tail[0] == "Traceback (most recent call last):" and tail[1] == '  File "my_method.py", line 6, in unlearning'
+    assert '  File "my_method.py", line 10, in hessian' in tail
+    assert tail[-1].startswith("ValueError: the Hessian of") and tail[-1].endswith("images is singular")
+    logs = cfg.run_dir / DRY_RUNS_DIR / "logs" / f"my_method@{record['key']}"
+    assert record["log"] == str(logs / "run_0.log") and record["logs_dir"] == str(logs)
+    assert sorted(p.name for p in logs.iterdir()) == [f"run_{i}.log" for i in range(4)]
+    log = (logs / "run_0.log").read_text()
+    assert "\n".join(tail) in log and "submission.py" not in log and str(path.parent) not in log
+    assert record["hint"] is None  # no common mistake here
+
+
+@pytest.mark.parametrize(
+    ("source", "hint"),
+    [
+        pytest.param(CUDA_ON_CPU, "CUDA_HINT", id="cuda-on-cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        pytest.param(DICT_BY_INDEX, "DICT_HINT", id="dict-batch-by-index"),
+        pytest.param(TUPLE_BY_KEY, "TUPLE_HINT", id="tuple-batch-by-key"),
+    ],
+)
+def test_failed_dry_run_hints_at_the_common_mistake(competition, source, hint):
+    from harness.sandbox import hints
+
+    cfg, executor, root = competition
+    path = write(root / "hints" / f"{hint.lower()}.py", source)
+    record = dry_run(path, cfg, executor=executor, **QUIET)
+    assert record["status"] == "exception" and record["hint"] == getattr(hints, hint)
+
+
+def test_dry_run_of_weights_returned_unchanged_says_F_will_be_0(competition):
+    from harness.sandbox.hints import UNCHANGED_HINT
+
+    cfg, executor, root = competition
+    record = dry_run(write(root / "nothing" / "nothing.py", DO_NOTHING), cfg, executor=executor, **QUIET)
+    assert record["status"] == "ok" and record["forget_quality"] == 0.0
+    assert record["unchanged_runs"] == [0, 1, 2, 3] and record["hint"] == UNCHANGED_HINT
+    changed = dry_run(write(root / "tuned" / "tuned.py", KAGGLE_STYLE), cfg, executor=executor, **QUIET)
+    assert changed["status"] == "ok" and changed["unchanged_runs"] == [] and changed["hint"] is None
+
+
+def test_example_submission_dry_runs_with_tuple_batches(competition):
+    """configs/cifar10.yaml's batch format through the real worker: the example scores, it does not raise."""
+    cfg, executor, _ = competition
+    example = Path(__file__).resolve().parent.parent / "submissions" / "example_submission.py"
+    record = dry_run(example, cfg, executor=executor, batch_format="tuple", **QUIET)
+    assert record["status"] == "ok", record["error"]
+    assert record["final_score"] is not None and record["unchanged_runs"] == []
+
+
+def test_dry_run_refuses_a_directory_naming_it_and_the_fix(tmp_path):
+    with pytest.raises(SubmissionError, match=r"^submission .*mine is a directory; pass the path of one \.py file in it"):
+        dry_run(tmp_path / "mine" if (tmp_path / "mine").mkdir() is None else None, tiny(tmp_path), **QUIET)

@@ -694,6 +694,8 @@ NO_DRIVER = "RuntimeError: Found no NVIDIA driver on your system. Please check t
     [
         (_log(NO_DRIVER), "cpu", "dict", "CUDA_HINT"),
         (_log("AssertionError: Torch not compiled with CUDA enabled"), "cpu", "tuple", "CUDA_HINT"),
+        (_log("RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must "
+              "use the 'spawn' start method"), "cpu", "dict", "CUDA_HINT"),  # what a run forked on a CPU machine gets
         (_log(NO_DRIVER), "cuda", "dict", None),  # a CUDA machine's driver trouble is not this mistake
         (_log("KeyError: 0"), "cpu", "dict", "DICT_HINT"),
         (_log("ValueError: too many values to unpack (expected 2)"), "cpu", "dict", "DICT_HINT"),
@@ -705,7 +707,7 @@ NO_DRIVER = "RuntimeError: Found no NVIDIA driver on your system. Please check t
         (_log("ValueError: the Hessian is singular"), "cpu", "dict", None),
         ("printed KeyError: 0 but never raised", "cpu", "dict", None),
     ],
-    ids=["no-driver", "cpu-build", "cuda-machine", "dict-by-int", "dict-unpacked", "dict-key-used", "tuple-unpacked",
+    ids=["no-driver", "cpu-build", "forked", "cuda-machine", "dict-by-int", "dict-unpacked", "dict-key-used", "tuple-unpacked",
          "tuple-by-str", "dict-list-index", "missing-key", "other", "no-traceback"],
 )
 def test_failure_hint_names_the_common_mistake(log, device, batch_format, hint):

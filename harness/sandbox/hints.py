@@ -13,7 +13,7 @@ import re
 TRACEBACK_HEAD = "Traceback (most recent call last):"
 TAIL_LINES = 12
 
-CUDA_HINT = ("this machine has no CUDA GPU: put tensors on the net's device, "
+CUDA_HINT = ("the run's device is the CPU, with no CUDA: put tensors on the net's device, "
              "device = next(net.parameters()).device, instead of .cuda() or 'cuda'")
 DICT_HINT = ("the loaders' batches are dicts here (BATCH_FORMAT 'dict'): read batch['image'] and batch['age_group'], "
              "or declare BATCH_FORMAT = 'tuple' at the top of your file for (image, label) batches")
@@ -22,8 +22,10 @@ TUPLE_HINT = ("the loaders' batches are (image, label) pairs here (BATCH_FORMAT 
 UNCHANGED_HINT = ("the returned weights are the original's, unchanged: the model is the original, so F will be 0; "
                   "change net in place or return the unlearned model")
 
-# torch's words when CUDA is asked for where there is none (a CPU build, no driver, no device).
+# torch's words when CUDA is asked for where there is none (a CPU build, no driver, no device; in a
+# run forked from the warm parent, torch's refusal to initialise CUDA after a fork)
 _NO_CUDA = re.compile(r"Found no NVIDIA driver|Torch not compiled with CUDA enabled|No CUDA GPUs are available|"
+                      r"Cannot re-initialize CUDA in forked subprocess|"
                       r"CUDA driver initialization failed|torch\.cuda\.is_available\(\) is False|"
                       r"cudaGetDeviceCount|CUDA unknown error")
 _INT_KEY = re.compile(r"^KeyError: -?\d+$")  # dict_batch[0]
