@@ -53,3 +53,10 @@ def test_run_unknown_config_key_names_key_and_file(tmp_path, capsys):
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "recipe.epoch" in err and "c.yaml" in err
+
+
+def test_dry_run_directory_is_one_line_error_naming_it(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    assert main(["dry-run", str(tmp_path / "mine"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'mine'} is a directory; pass the path of one .py file in it" in err[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from harness.config import load_config
 from harness.errors import SubmissionError
 from harness.learn.models import build_model
 from harness.results.store import Store
+from harness.sandbox.hints import DICT_HINT
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 QUIET = {"progress": False, "log": lambda _: None}
@@ -245,5 +247,28 @@ def test_example_submission_dry_runs_with_tuple_batches(competition):
 
 
 def test_dry_run_refuses_a_directory_naming_it_and_the_fix(tmp_path):
+    (tmp_path / "mine").mkdir()
     with pytest.raises(SubmissionError, match=r"^submission .*mine is a directory; pass the path of one \.py file in it"):
-        dry_run(tmp_path / "mine" if (tmp_path / "mine").mkdir() is None else None, tiny(tmp_path), **QUIET)
+        dry_run(tmp_path / "mine", tiny(tmp_path), **QUIET)
+    assert not (tmp_path / "runs").exists()  # refused before anything is built
+
+
+def test_cli_dry_run_of_a_failing_file_prints_its_line_the_traceback_tail_the_hint_and_the_log(competition, capsys):
+    """Must show (issue 12): what the participant reads, as text and as --json."""
+    from harness.cli import main
+
+    cfg, _, root = competition
+    path = write(root / "cli" / "my_method.py", MY_METHOD.replace('batch["image"]', "batch[0]"))
+    args = ["dry-run", str(path), "--config", str(TINY), "--output", str(cfg.output.dir)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "error       run 0: KeyError at my_method.py:6 in unlearning" in lines
+    assert f"hint        {DICT_HINT}" in lines
+    assert "  |   File \"my_method.py\", line 6, in unlearning" in lines and lines[lines.index("  | KeyError: 0")]
+    [full] = [line for line in lines if line.startswith("full log    ")]
+    log = Path(full.split()[2])
+    assert log.is_file() and log.is_relative_to(cfg.run_dir / DRY_RUNS_DIR / "logs") and "KeyError: 0" in log.read_text()
+    assert main([*args, "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["hint"] == DICT_HINT and record["log"] == str(log) and record["traceback"][-1] == "KeyError: 0"
