@@ -670,14 +670,17 @@ def test_traceback_in_the_log_starts_in_the_participants_file_and_names_it(tmp_p
     assert "submission.py" not in log and str(tmp_path) not in log
 
 
-def test_syntax_error_names_the_participants_file_and_line(tmp_path):
-    from harness.sandbox.worker import describe, load_module
+def test_syntax_error_names_the_participants_file_and_line(tmp_path, capsys):
+    from harness.sandbox.worker import describe, load_module, print_traceback
 
     path = tmp_path / "submission.py"
     path.write_text("def unlearning(net, a, b, c):\n    return (\n")
     with pytest.raises(SyntaxError) as info:
         load_module(path, "my_method.py")
     assert describe(info.value, path, "my_method.py") == "SyntaxError at my_method.py:2"
+    print_traceback(info.value, path, "my_method.py")
+    log = capsys.readouterr().err
+    assert log.startswith('  File "my_method.py", line 2\n') and "worker.py" not in log  # no harness frames
 
 
 # -- hints --------------------------------------------------------------------------------------

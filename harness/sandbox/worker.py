@@ -549,6 +549,8 @@ def print_traceback(exc: BaseException, path: Path, name: str) -> None:
     the harness's own frames that called it are not theirs to read."""
     shown = traceback.TracebackException.from_exception(exc)
     first = next((i for i, f in enumerate(shown.stack) if _theirs(f.filename, path, name)), None)
+    if first is None and isinstance(exc, SyntaxError) and exc.filename == name:
+        first = len(shown.stack)  # compiling it failed: only where, in their file, is theirs
     if first:
         shown.stack = traceback.StackSummary.from_list(shown.stack[first:])
     lines = "".join(shown.format()).replace(str(path), name).splitlines()
