@@ -19,7 +19,7 @@ from torch import nn
 from harness.config import load_config
 from harness.data.loaders import make_loader
 from harness.data.task import build_task
-from harness.models import build_model, validate_state_dict
+from harness.learn.models import build_model, validate_state_dict
 from kaggle_layout import write_kaggle_layout
 from test_data_layouts import make_cifar, make_surf, write_image
 
