@@ -1,6 +1,6 @@
 """What each baseline costs and does on the dry-run task, against the time cap.
 
-    python scripts/bench_baselines.py [--seeds 2] [--baselines finetune scrub ...] [--device auto]
+    python scripts/bench_baselines.py [--seeds 2] [--baselines finetune scrub ...] [--files F.py ...] [--device auto]
 
 Builds the default config's task (embedded synthetic faces, small-cnn), trains the original by
 the recipe, and times one solo retrain by the recipe: the time cap is time_cap.fraction of it.
@@ -18,6 +18,7 @@ import argparse
 import copy
 import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,8 +40,8 @@ def clock(device: torch.device) -> float:
     return time.process_time()
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"baseline_{name}", baseline_path(name))
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"submission_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -71,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="runs per baseline (figures are their means)")
     parser.add_argument("--baselines", nargs="*", default=[n for n in BASELINES.names() if n != "retrain"])
+    parser.add_argument("--files", nargs="*", default=[], type=Path,
+                        help="submission files to time after the baselines (submissions/examples/*.py)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -98,11 +101,12 @@ def main() -> None:
     ree = retain_epoch_seconds(original, splits["retain"], device=device)
     print(f"device {device}; recipe {cfg.recipe.epochs} epochs at batch {cfg.recipe.batch_size}: "
           f"retrain {retrain_s:.2f}s, cap {cap:.2f}s = {cap / ree:.2f} REE; 1 REE = {ree:.2f}s at batch {cfg.task.batch_size}")
-    print(f"{'original':<16} {row(score(original))}")
+    print(f"{'original':<24} {row(score(original))}")
     for i, (model, _) in enumerate(retrained):
-        print(f"{f'retrained {i}':<16} {row(score(model))}")
-    for name in args.baselines:
-        module, runs = load(name), []
+        print(f"{f'retrained {i}':<24} {row(score(model))}")
+    entries = [(name, baseline_path(name)) for name in args.baselines] + [(path.stem, path) for path in args.files]
+    for name, path in entries:
+        module, runs = load(path), []
         for seed in range(args.seeds):
             net = copy.deepcopy(original).to(device).train()
             loaders = [make_loader(splits[s], batch_size=cfg.task.batch_size, seed=seed)
@@ -117,7 +121,7 @@ def main() -> None:
             forget_confs=np.mean([e.forget_confs for _, e in runs], axis=0),
             **{k: float(np.mean([getattr(e, k) for _, e in runs])) for k in ("retain_acc", "test_acc", "forget_acc")},
         )
-        print(f"{name:<16} {row(mean, seconds, ree, cap)}")
+        print(f"{name:<24} {row(mean, seconds, ree, cap)}")
 
 
 if __name__ == "__main__":
