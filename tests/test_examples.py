@@ -48,7 +48,7 @@ def test_example_declares_unlearning_and_maps_every_hyperparameter(path):
 
 @pytest.fixture(scope="module")
 def tiny_competition(tmp_path_factory):
-    cfg = load_config(TINY, overrides={"output.dir": str(tmp_path_factory.mktemp("runs")), "submissions.n_runs": 1})
+    cfg = load_config(TINY, overrides={"output.dir": str(tmp_path_factory.mktemp("runs"))})
     with make_executor(cfg.executor) as executor:
         yield cfg, executor
 
