@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.config import load_config
-from harness.executors import make_executor
-from harness.runner import dry_run
+from harness.compete.executors import make_executor
+from harness.compete.runner import dry_run
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "submissions" / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
