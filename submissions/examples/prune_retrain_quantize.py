@@ -25,8 +25,8 @@ GPU; its 2nd-place write-up measured "the max epoch could be maximized to 6"); t
 the same 6, so the epoch count is the published one (scale 6 / 6 = 1).
 Adaptations that are not hyperparameters: a batch of a single example is skipped (BatchNorm
 cannot train on it); a class absent from retain counts as one example, so its weight is finite.
-Cost: EPOCHS retain passes, each step with a forward of the original model, and one pass over
-retain to count classes: about 4.3 retain-epoch equivalents.
+Cost: 5.2 retain-epoch equivalents (default task, scripts/bench_baselines.py --files): EPOCHS
+retain passes, each step with a forward of the original model, and one pass to count classes.
 """
 
 import copy

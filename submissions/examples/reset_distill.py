@@ -28,8 +28,8 @@ Kaggle's GPU; its 2nd-place write-up measured "the max epoch could be maximized 
 harness allows the same 6, so every epoch count is the published one (scale 6 / 6 = 1).
 Adaptation that is not a hyperparameter: a batch of a single example is skipped, because
 BatchNorm cannot train on it.
-Cost: RETAIN_EPOCHS retain passes, each with a teacher forward, plus three validation passes
-with a teacher forward: about 4.5 retain-epoch equivalents.
+Cost: 4.9 retain-epoch equivalents (default task, scripts/bench_baselines.py --files): RETAIN_EPOCHS
+retain passes, each with a teacher forward, and WARMUP_EPOCHS validation passes with one.
 """
 
 import copy

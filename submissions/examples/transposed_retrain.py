@@ -20,7 +20,8 @@ GPU; its 2nd-place write-up measured "the max epoch could be maximized to 6"); t
 the same 6, so the epoch count is the published one (scale 6 / 6 = 1).
 Adaptation that is not a hyperparameter: a batch of a single example is skipped, because
 BatchNorm cannot train on it.
-Cost: EPOCHS retain-epoch equivalents.
+Cost: 3.1 retain-epoch equivalents (default task, scripts/bench_baselines.py --files): EPOCHS
+retain passes.
 """
 
 import torch
