@@ -206,6 +206,8 @@ def cmd_check_baselines(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.config import executor_names  # the registry's names, so a new executor is a choice at once
+
     parser = argparse.ArgumentParser(prog="unlearn", description="Score machine-unlearning submissions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-models", type=int, help="reference models (config: references.n_models)")
         p.add_argument("--output", help="folder holding competitions (config: output.dir)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (config: device)")
-        p.add_argument("--executor", choices=["local", "ray"], help="where units run (config: executor.kind)")
+        p.add_argument("--executor", choices=executor_names(), help="where units run (config: executor.kind)")
         p.add_argument("--address", help="a Ray cluster's address; none starts a local Ray (config: executor.address)")
         p.add_argument("--unsafe-no-sandbox", action="store_true", help="run submissions in a plain process (trusted code only)")
 

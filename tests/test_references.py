@@ -183,7 +183,7 @@ def test_load_references_rejects_bad_files(tmp_path, content, match):
 
 
 def test_train_references_needs_two_models(tmp_path):
-    with pytest.raises(HarnessError, match="references.n_models must be >= 2"):
+    with pytest.raises(HarnessError, match=r"references.n_models must be at least 2 \(the metric compares two distributions\), got 1"):
         train(tmp_path, n_models=1)
 
 

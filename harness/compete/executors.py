@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config import ExecutorConfig, check_executor
+from harness.config import ExecutorConfig, check_section
 from harness.errors import HarnessError
 from harness.registry import Registry
 
@@ -99,7 +99,13 @@ def fetch(shared: Shared) -> Any:
 
 
 class Executor(abc.ABC):
-    """Runs units and yields each `(unit, result | UnitFailure)` as it finishes."""
+    """Runs units and yields each `(unit, result | UnitFailure)` as it finishes. A new kind is a
+    subclass registered in EXECUTORS (`@EXECUTORS.register("name")`); executor.kind and the CLI's
+    --executor take their names from there."""
+
+    # units may run on other machines: no folder of the driver's is theirs to write, and their
+    # devices are not the driver's (a GPU unit computes on CUDA even if the driver has none)
+    remote: bool = False
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         self.cfg = cfg
@@ -150,7 +156,7 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 def make_executor(cfg: ExecutorConfig) -> Executor:
     """The executor `cfg.kind` names, its settings checked first."""
-    check_executor(cfg)
+    check_section(cfg, "executor")
     return EXECUTORS.get(cfg.kind)(cfg)
 
 
@@ -338,6 +344,8 @@ class RayExecutor(Executor):
     each task OMP_NUM_THREADS = its CPUs. Ray neither sandboxes nor enforces memory: each unit still
     starts its own sandbox on whichever node runs it. A unit asking for GPUs the cluster lacks waits
     for the autoscaler, as Ray tasks do."""
+
+    remote = True
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         super().__init__(cfg)
