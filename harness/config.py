@@ -65,6 +65,12 @@ def key(default: Any, constraint: Rule) -> Any:
     return field(default=default, metadata={"rule": constraint})
 
 
+def _batch_formats() -> tuple[str, ...]:
+    from harness.sandbox.protocol import BATCH_FORMATS
+
+    return BATCH_FORMATS
+
+
 def _layout_names() -> list[str]:
     from harness.data.layouts import LAYOUTS
 
@@ -126,7 +132,7 @@ class TaskConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     batch_size: int = key(64, rule("at least 1", lambda v: v >= 1))
-    batch_format: Literal["dict", "tuple"] = "dict"
+    batch_format: str = key("dict", one_of(_batch_formats))  # harness.sandbox.protocol.BATCH_FORMATS
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,11 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """Trained models and read datasets: references.cache_dir, else the run folder's cache/."""
+        return Path(self.references.cache_dir) if self.references.cache_dir else self.run_dir / "cache"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -120,14 +120,7 @@ def kill_when_started(pid_file: Path, *, after: tuple[Path, ...] = ()) -> thread
 # ---- fixtures: one pool and one Ray instance for the module ----
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

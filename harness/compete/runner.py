@@ -45,7 +45,7 @@ from harness.errors import HarnessError, SubmissionError
 from harness.learn.models import ModelSpec, load_checkpoint, save_weights
 from harness.learn.training import hardware_description, hardware_identity, init_model, timing_threads
 from harness.results.lock import writer_lock
-from harness.results.store import Store, file_version
+from harness.results.store import LEADERBOARDS, Store, file_version
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
 from harness.sandbox.host import seconds_text
@@ -53,7 +53,6 @@ from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.scoring.scores import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
 from harness.statuses import Status
 
-LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
 BASELINE_PREFIX = "baseline:"  # a baseline's team; no submission file may take it
 DRY_RUNS_DIR = "dry-runs"  # runs/<name>/dry-runs/: dry runs' own store, apart from the competition's
@@ -181,7 +180,7 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
              log: Callable[[str], None], task: Task | None, base: Prepared | None) -> Prepared:
     device = units_device(cfg)
     run_dir = cfg.run_dir
-    cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else run_dir / "cache"
+    cache_dir = cfg.cache_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     if task is None:
         with timings.measure("task"):
@@ -590,7 +589,7 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, todo: l
     cfg = prep.cfg
     seed = cfg.references.seed + ORACLE_SEED_OFFSET + (0 if prep.leaderboard == "public" else 500_000)
     refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
-    cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
+    cache_dir = cfg.cache_dir
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
                               device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor,
                               timings=timings)
