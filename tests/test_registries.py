@@ -72,7 +72,7 @@ def _unit(executor, seed=0):
     images = (rng.normal(size=(24, 3, 8, 8)) + labels[:, None, None, None]).astype(np.float32)
     recipe = RecipeConfig(epochs=1, lr=1e-3, batch_size=8, class_weighted=False)
     return TrainOriginal(spec=ModelSpec("small-cnn", 3, 3), recipe=recipe, seed=seed, device="cpu", threads=1,
-                         train=executor.share("train", {"image": images, "age_group": labels}), class_weights=(1.0,) * 3)
+                         train=executor.share("registries-test-train", {"image": images, "age_group": labels}), class_weights=(1.0,) * 3)
 
 
 def test_a_registered_executor_is_chosen_from_yaml_and_the_cli_and_runs_a_unit(tmp_path, monkeypatch):
