@@ -313,7 +313,7 @@ def test_executors_registry_lists_both():
 
 
 def test_make_executor_unknown_kind_suggests_closest():
-    with pytest.raises(HarnessError, match=r"unknown executor 'rya'; did you mean 'ray'\? available: local, ray"):
+    with pytest.raises(HarnessError, match=r"executor.kind must be one of 'local', 'ray', got 'rya' \(did you mean 'ray'\?\)"):
         make_executor(ExecutorConfig(kind="rya"))
 
 
