@@ -182,7 +182,7 @@ def cmd_references_import(args: argparse.Namespace) -> int:
     from harness.results.lock import writer_lock
 
     cfg = _config(args)
-    cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else cfg.run_dir / "cache"
+    cache_dir = cfg.cache_dir
     with writer_lock(cfg.run_dir):  # the competition's cache: not while another command writes it
         key = import_references(args.file, cache_dir)
     print(f"imported references {key} into {cache_dir}")
@@ -216,6 +216,9 @@ def cmd_check_baselines(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.config import executor_names  # the registry's names, so a new executor is a choice at once
+    from harness.sandbox.protocol import BATCH_FORMATS
+
     parser = argparse.ArgumentParser(prog="unlearn", description="Score machine-unlearning submissions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -230,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-models", type=int, help="reference models (config: references.n_models)")
         p.add_argument("--output", help="folder holding competitions (config: output.dir)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (config: device)")
-        p.add_argument("--executor", choices=["local", "ray"], help="where units run (config: executor.kind)")
+        p.add_argument("--executor", choices=executor_names(), help="where units run (config: executor.kind)")
         p.add_argument("--address", help="a Ray cluster's address; none starts a local Ray (config: executor.address)")
         p.add_argument("--unsafe-no-sandbox", action="store_true", help="run submissions in a plain process (trusted code only)")
 
@@ -256,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submission", help="a .py file defining unlearning(net, retain_loader, forget_loader, val_loader)")
     common(p)
     scoring(p)
-    p.add_argument("--batch-format", choices=("dict", "tuple"), help="override the batch style the file declares")
+    p.add_argument("--batch-format", choices=BATCH_FORMATS, help="override the batch style the file declares")
     p.add_argument("--fresh", action="store_true", help="run again the runs stored by an earlier dry run of the same file and settings")
     p.add_argument("--over-cap-allowance", type=_allowance, metavar="Kx",
                    help="let runs past the cap finish up to K caps (e.g. 3x): still a timeout, but the score they would earn is shown")

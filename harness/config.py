@@ -14,6 +14,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -36,6 +37,68 @@ def shipped_dir(name: str) -> Path:
 DEFAULT_CONFIG = shipped_dir("configs") / "default.yaml"
 
 
+# -- constraints: each key declares its rule beside it (scikit-learn's parameter constraints) ----
+@dataclass(frozen=True)
+class Rule:
+    """What a key's value must be: `must` completes "key 'x' must be ..."; a callable `must`
+    lists a registry's names when the message is written, after every entry has registered."""
+
+    must: str | Callable[[], str]
+    test: Callable[[Any], bool]
+    names: Callable[[], Sequence[str]] | None = None  # one_of's choices, for "did you mean"
+
+    def text(self) -> str:
+        return self.must() if callable(self.must) else self.must
+
+
+def rule(must: str, test: Callable[[Any], bool]) -> Rule:
+    return Rule(must, test)
+
+
+def one_of(names: Callable[[], Sequence[str]]) -> Rule:
+    """A name in a registry (imported when checked, so the registry is the one list of names)."""
+    return Rule(lambda: "one of " + ", ".join(map(repr, names())), lambda v: v in names(), names)
+
+
+def key(default: Any, constraint: Rule) -> Any:
+    """A config field with its constraint."""
+    return field(default=default, metadata={"rule": constraint})
+
+
+def _batch_formats() -> tuple[str, ...]:
+    from harness.sandbox.protocol import BATCH_FORMATS
+
+    return BATCH_FORMATS
+
+
+def _layout_names() -> list[str]:
+    from harness.data.layouts import LAYOUTS
+
+    return LAYOUTS.names()
+
+
+def _model_names() -> list[str]:
+    from harness.learn.models import MODELS
+
+    return MODELS.names()
+
+
+def backend_names() -> list[str]:
+    """'auto' (bubblewrap where it works) and every registered sandbox backend."""
+    from harness.sandbox.backends import BACKENDS
+
+    return ["auto", *BACKENDS.names()]
+
+
+def executor_names() -> list[str]:
+    from harness.compete.executors import EXECUTORS
+
+    return EXECUTORS.names()
+
+
+POSITIVE = rule("a number above 0", lambda v: v > 0)
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """train/val/test fractions after a seeded shuffle (the organizers used 80/10/10)."""
@@ -52,8 +115,8 @@ class ForgetConfig:
     """How the forget set is drawn from the train split."""
 
     by: Literal["person", "example", "index_file"] = "person"
-    count: int | None = None  # k persons (by person) or k examples (by example)
-    fraction: float | None = None  # of persons or examples, when count is None
+    count: int | None = key(None, rule("at least 1, or null", lambda v: v is None or v >= 1))  # k persons (by person) or k examples
+    fraction: float | None = key(None, rule("a number in (0, 1], or null", lambda v: v is None or 0 < v <= 1))  # when count is None
     first_k: bool = False  # the first k person ids, as the organizers' released code took them
     classes: tuple[int, ...] | None = None  # draw only from these age groups
     index_file: str | None = None  # one image_id per line (by: index_file)
@@ -63,19 +126,19 @@ class ForgetConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    dataset: str = "synthetic-faces"  # a name in harness.data.layouts.LAYOUTS
+    dataset: str = key("synthetic-faces", one_of(_layout_names))  # harness.data.layouts.LAYOUTS
     path: str | None = None  # local data root for real layouts; never downloaded
     options: dict[str, Any] = field(default_factory=dict)  # layout-specific knobs
     split: SplitConfig = field(default_factory=SplitConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
-    batch_size: int = 64
-    batch_format: Literal["dict", "tuple"] = "dict"
+    batch_size: int = key(64, rule("at least 1", lambda v: v >= 1))
+    batch_format: str = key("dict", one_of(_batch_formats))  # harness.sandbox.protocol.BATCH_FORMATS
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"  # a name in harness.learn.models.MODELS
-    num_classes: int = 10
+    name: str = key("resnet18", one_of(_model_names))  # harness.learn.models.MODELS
+    num_classes: int = key(10, rule("at least 2", lambda v: v >= 2))
     checkpoint: str | None = None  # a state_dict file (Kaggle's original_model.pth); else trained
 
 
@@ -83,25 +146,25 @@ class ModelConfig:
 class RecipeConfig:
     """The organizers' training recipe by default; every knob here."""
 
-    epochs: int = 30
-    lr: float = 1e-4
-    weight_decay: float = 5e-3
+    epochs: int = key(30, rule("at least 1", lambda v: v >= 1))
+    lr: float = key(1e-4, POSITIVE)
+    weight_decay: float = key(5e-3, rule("a number of at least 0", lambda v: v >= 0))
     optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9
+    momentum: float = key(0.9, rule("a number in [0, 1)", lambda v: 0 <= v < 1))
     scheduler: Literal["cosine", "none"] = "cosine"
-    batch_size: int = 64
+    batch_size: int = key(64, rule("at least 1", lambda v: v >= 1))
     class_weighted: bool = True  # cross-entropy weights 1/count from the train split
 
 
 @dataclass(frozen=True)
 class ReferencesConfig:
-    n_models: int = 512
-    seed: int = 1000
+    n_models: int = key(512, rule("at least 2 (the metric compares two distributions)", lambda v: v >= 2))
+    seed: int = key(1000, rule("an integer of at least 0", lambda v: v >= 0))
     training_path: Literal["auto", "loop", "processes", "vmap"] = "auto"
-    workers: int | None = None  # processes for the CPU path; None: one per core
-    vmap_chunk: int = 64  # ensemble members per vmap chunk on GPUs
+    workers: int | None = key(None, rule("at least 1, or null for one per core", lambda v: v is None or v >= 1))  # CPU path
+    vmap_chunk: int = key(64, rule("at least 1", lambda v: v >= 1))  # ensemble members per vmap chunk on GPUs
     cache_dir: str | None = None  # None: <output.dir>/cache
-    solo_first: int = 3  # the first models train alone by the plain recipe; their times serve the time cap
+    solo_first: int = key(3, rule("at least 0", lambda v: v >= 0))  # the first models train alone by the plain recipe; their times serve the time cap
 
 
 # The NeurIPS 2023 competition's allowance: 0.2 of a retrain by the organizers' 30-epoch recipe
@@ -115,12 +178,19 @@ class TimeCapConfig:
     allowed 0.2 of a 30-epoch retrain: 6), so fraction = retain_epochs / recipe.epochs of the median
     solo retrain, on every task; `fraction` sets the share of a retrain directly instead."""
 
-    retain_epochs: float | None = None  # the budget in retain-epoch equivalents; None: the competition's 6
-    fraction: float | None = None  # of one solo retrain's wall time; an alternative to retain_epochs
-    solo_retrains: int = 3  # the cap is the median of this many solo retrains
-    noise_runs: int = 16  # repeats of a fixed submission whose p99 run-time spread widens the cap; 0: none
-    seconds: float | None = None  # a fixed cap, overriding the measurement
-    grace_s: float = 10.0  # bounds the harness's own steps between runs (a fork); never submission code
+    # the budget in retain-epoch equivalents; None: the competition's 6
+    retain_epochs: float | None = key(None, rule("a number above 0 (epochs of the recipe over retain), or null for 6",
+                                                 lambda v: v is None or v > 0))
+    # of one solo retrain's wall time; an alternative to retain_epochs
+    fraction: float | None = key(None, rule("a number above 0 (a share of one solo retrain), or null",
+                                            lambda v: v is None or v > 0))
+    solo_retrains: int = key(3, rule("at least 1", lambda v: v >= 1))  # the cap is the median of this many solo retrains
+    # repeats of a fixed submission whose p99 run-time spread widens the cap; 0: none
+    noise_runs: int = key(16, rule("0 (no noise margin) or at least 2", lambda v: v == 0 or v >= 2))
+    seconds: float | None = key(None, rule("a number of seconds above 0, or null to measure the cap",
+                                           lambda v: v is None or v > 0))  # a fixed cap, overriding the measurement
+    # bounds the harness's own steps between runs (a fork); never submission code
+    grace_s: float = key(10.0, rule("a number of seconds above 0", lambda v: v > 0))
 
     def share(self, recipe_epochs: int) -> float:
         """The cap's share of one retrain."""
@@ -135,17 +205,18 @@ class TimeCapConfig:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    backend: Literal["auto", "bubblewrap", "docker", "none"] = "auto"
-    memory_gb: float = 4.0
-    max_processes: int = 256  # on top of what the sandbox user already runs
-    max_file_size_mb: int = 1024
-    log_bytes: int = 64 * 1024
+    backend: str = key("auto", one_of(backend_names))  # harness.sandbox.backends.BACKENDS, or auto
+    memory_gb: float = key(4.0, rule("a number of GiB above 0", lambda v: v > 0))
+    max_processes: int = key(256, rule("at least 1", lambda v: v >= 1))  # on top of what the sandbox user already runs
+    max_file_size_mb: int = key(1024, rule("at least 1", lambda v: v >= 1))
+    log_bytes: int = key(64 * 1024, rule("at least 0", lambda v: v >= 0))
     docker_image: str = "unlearning-harness:latest"
-    shm_size_gb: float = 1.0
-    cpus: float | None = None
+    shm_size_gb: float = key(1.0, rule("a number of GiB above 0", lambda v: v > 0))
+    cpus: float | None = key(None, rule("a number above 0, or null", lambda v: v is None or v > 0))
     gpus: bool = False
-    scratch_gb: float = 4.0  # what a run may write into its scratch folders (/tmp, /dev/shm, /kaggle/*), in all
-    max_files: int = 20000  # files and folders a run may create there
+    # what a run may write into its scratch folders (/tmp, /dev/shm, /kaggle/*), in all
+    scratch_gb: float = key(4.0, rule("a number of GiB above 0", lambda v: v > 0))
+    max_files: int = key(20000, rule("at least 1", lambda v: v >= 1))  # files and folders a run may create there
     first_uid: int = 60000  # a root host runs each concurrent sandbox as its own uid from here (+0..999)
     seccomp: bool = True  # bubblewrap: the system-call filter of harness.sandbox.seccomp
     cgroups: bool = True  # cores, memory and processes per sandbox where the host has cgroup v1
@@ -154,15 +225,22 @@ class SandboxConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    kind: Literal["local", "ray"] = "local"
-    workers: int | None = None  # local process pool size; None: the machine's cores
+    kind: str = key("local", one_of(executor_names))  # harness.compete.executors.EXECUTORS
+    # local process pool size; None: the machine's cores
+    workers: int | None = key(None, rule("at least 1, or null for one per core", lambda v: v is None or v >= 1))
     address: str | None = None  # Ray cluster; None: ray.init() locally
-    cpus_per_unit: float = 1.0
-    gpus_per_unit: float = 0.0  # a submission's runs and the original
-    reference_gpus_per_unit: float | None = None  # None: gpus_per_unit; 0.25 fits four of the recipe's trainings on one GPU
-    runs_per_unit: int | None = None  # a submission's runs per sandboxed worker; None: all missing runs spread over the slots
-    max_retries: int = 3  # re-runs of a unit whose process or node died (never of one that raised)
-    max_in_flight: int | None = None  # units submitted at once; None: twice what can run at once
+    cpus_per_unit: float = key(1.0, POSITIVE)
+    # a submission's runs and the original
+    gpus_per_unit: float = key(0.0, rule("a number of at least 0 (a fraction shares a GPU)", lambda v: v >= 0))
+    # None: gpus_per_unit; 0.25 fits four of the recipe's trainings on one GPU
+    reference_gpus_per_unit: float | None = key(None, rule("a number of at least 0, or null for gpus_per_unit",
+                                                           lambda v: v is None or v >= 0))
+    # a submission's runs per sandboxed worker; None: all missing runs spread over the slots
+    runs_per_unit: int | None = key(None, rule("at least 1, or null to spread runs over the slots", lambda v: v is None or v >= 1))
+    # re-runs of a unit whose process or node died (never of one that raised)
+    max_retries: int = key(3, rule("at least 0", lambda v: v >= 0))
+    # units submitted at once; None: twice what can run at once
+    max_in_flight: int | None = key(None, rule("at least 1, or null for the default", lambda v: v is None or v >= 1))
 
 
 @dataclass(frozen=True)
@@ -170,7 +248,7 @@ class SubmissionsConfig:
     dir: str | None = "submissions"
     baselines: tuple[str, ...] = ("do_nothing", "finetune", "retrain", "neggrad_plus")
     reference_baselines: tuple[str, ...] = ("retrain",)  # scored and listed, exempt from the cap, never ranked
-    n_runs: int = 512  # runs per submission (the organizers' N)
+    n_runs: int = key(512, rule("at least 2 (the metric compares two distributions)", lambda v: v >= 2))  # the organizers' N
 
 
 @dataclass(frozen=True)
@@ -205,6 +283,11 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """Trained models and read datasets: references.cache_dir, else the run folder's cache/."""
+        return Path(self.references.cache_dir) if self.references.cache_dir else self.run_dir / "cache"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -250,54 +333,70 @@ def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
         )
     data["source"] = source
     cfg = _build(Config, _shorthands(data), key="", source=source)
-    check_executor(cfg.executor, source=source)
-    check_time_cap(cfg.time_cap, source=source)
-    forget = cfg.task.forget
-    if forget.count is not None and forget.fraction is not None:
-        raise ConfigError(
-            f"{source}: keys 'task.forget.count' ({forget.count}) and 'task.forget.fraction' ({forget.fraction}) "
-            "are alternatives; set one of them"
-        )
+    check_config(cfg)
     return cfg
 
 
-def check_executor(cfg: ExecutorConfig, *, source: str | None = None) -> None:
-    """Settings the types alone do not rule out; checked at load, so the error names the file."""
-    rules = [
-        ("workers", cfg.workers is None or cfg.workers >= 1, "at least 1, or null for one per core"),
-        ("cpus_per_unit", cfg.cpus_per_unit > 0, "a number above 0"),
-        ("gpus_per_unit", cfg.gpus_per_unit >= 0, "a number of at least 0 (a fraction shares a GPU)"),
-        ("reference_gpus_per_unit", cfg.reference_gpus_per_unit is None or cfg.reference_gpus_per_unit >= 0,
-         "a number of at least 0, or null for gpus_per_unit"),
-        ("runs_per_unit", cfg.runs_per_unit is None or cfg.runs_per_unit >= 1, "at least 1, or null to spread runs over the slots"),
-        ("max_retries", cfg.max_retries >= 0, "at least 0"),
-        ("max_in_flight", cfg.max_in_flight is None or cfg.max_in_flight >= 1, "at least 1, or null for the default"),
-    ]
-    for key, ok, rule in rules:
-        if not ok:
-            where = f"{source}: key 'executor.{key}'" if source else f"executor.{key}"
-            raise ConfigError(f"{where} must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's executor section")
+# Rules that tie keys together: (keys, holds, what to do); checked after every key's own rule.
+CROSS_RULES: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
+    ("submissions.n_runs and references.n_models", lambda c: c.submissions.n_runs == c.references.n_models,
+     "must be equal: the metric compares as many runs as retrained models; set both "
+     "(on the command line: --n-runs and --n-models)"),
+    ("task.forget.count and task.forget.fraction", lambda c: c.task.forget.count is None or c.task.forget.fraction is None,
+     "are alternatives; set one of them"),
+    ("time_cap.retain_epochs and time_cap.fraction", lambda c: c.time_cap.retain_epochs is None or c.time_cap.fraction is None,
+     "are alternatives; set one (retain_epochs: 6 is the competition's budget)"),
+)
 
 
-def check_time_cap(cfg: TimeCapConfig, *, source: str | None = None) -> None:
-    """The budget is one of retain_epochs and fraction, each positive; checked at load."""
-    where = f"{source}: key 'time_cap" if source else "key 'time_cap"
-    if cfg.retain_epochs is not None and cfg.fraction is not None:
+def check_config(cfg: Config) -> None:
+    """Every key's rule, then the rules between keys; the first broken one is a ConfigError naming
+    the file, the key, the rule, the value and where to fix it. Load calls it; so does the runner,
+    for a Config built in code."""
+    for name in (f.name for f in dataclasses.fields(cfg)):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            check_section(value, name, source=cfg.source)
+    for keys, holds, fix in CROSS_RULES:
+        if not holds(cfg):
+            first, second = (f"'{k}' ({_shown(_value_at(cfg, k))})" for k in keys.split(" and "))
+            where = f"{cfg.source}: keys" if cfg.source else "keys"
+            raise ConfigError(f"{where} {first} and {second} {fix}")
+
+
+def check_section(section: Any, prefix: str, *, source: str | None = None) -> None:
+    """The rules of one section (and its subsections), e.g. `check_section(cfg.executor, "executor")`."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        dotted = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_section(value, dotted, source=source)
+            continue
+        constraint = f.metadata.get("rule")
+        if constraint is None or constraint.test(value):
+            continue
+        hint = ""
+        if constraint.names is not None:
+            import difflib
+
+            close = difflib.get_close_matches(str(value), list(constraint.names()), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        where = f"{source}: key '{dotted}'" if source else dotted
+        section_name = prefix.split(".")[0]
         raise ConfigError(
-            f"{where}' sets both 'retain_epochs' ({cfg.retain_epochs:g}) and 'fraction' ({cfg.fraction:g}); "
-            "they are alternatives: set one (retain_epochs: 6 is the competition's budget)"
+            f"{where} must be {constraint.text()}, got {value!r}{hint}; fix it in the config's {section_name} section"
         )
-    rules = [
-        ("retain_epochs", cfg.retain_epochs is None or cfg.retain_epochs > 0, "a number above 0 (epochs of the recipe over retain)"),
-        ("fraction", cfg.fraction is None or cfg.fraction > 0, "a number above 0 (a share of one solo retrain)"),
-        ("solo_retrains", cfg.solo_retrains >= 1, "at least 1"),
-        ("noise_runs", cfg.noise_runs == 0 or cfg.noise_runs >= 2, "0 (no noise margin) or at least 2"),
-        ("seconds", cfg.seconds is None or cfg.seconds > 0, "a number of seconds above 0, or null to measure the cap"),
-        ("grace_s", cfg.grace_s > 0, "a number of seconds above 0"),
-    ]
-    for key, ok, rule in rules:
-        if not ok:
-            raise ConfigError(f"{where}.{key}' must be {rule}, got {getattr(cfg, key)!r}; fix it in the config's time_cap section")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _value_at(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def find_config(path: str | Path) -> Path:

@@ -62,5 +62,3 @@ STATUS_DOCS: dict[Status, str] = {
     Status.WORKER_DIED: "the worker process ended without reporting the run (killed by a signal, crashed)",
     Status.SANDBOX_ERROR: "the sandbox itself failed (backend missing or misconfigured); not the submission's fault",
 }
-
-FAILED_STATUSES: frozenset[Status] = frozenset(s for s in Status if s.failed)

@@ -41,12 +41,7 @@ NUM_CLASSES = 10
 SIGNATURE = ["net", "retain_loader", "forget_loader", "val_loader"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(path: Path):

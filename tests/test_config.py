@@ -1,8 +1,9 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from harness.config import Config, ForgetConfig, load_config, shipped_dir
+from harness.config import Config, ForgetConfig, SubmissionsConfig, check_config, load_config, shipped_dir
 from harness.errors import ConfigError
 from harness.registry import Registry
 
@@ -27,8 +28,8 @@ def test_load_config_include_merges_sections(tmp_path):
 
 
 def test_load_config_overrides_win_over_yaml(tmp_path):
-    path = write(tmp_path / "c.yaml", "version: 1\nreferences: {n_models: 4}\n")
-    assert load_config(path, overrides={"references.n_models": 9}).references.n_models == 9
+    path = write(tmp_path / "c.yaml", "version: 1\nreferences: {n_models: 4}\nsubmissions: {n_runs: 4}\n")
+    assert load_config(path, overrides={"references.n_models": 9, "submissions.n_runs": 9}).references.n_models == 9
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,41 @@ def test_load_config_errors_name_the_key_and_file(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(path)
     assert str(path.name) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("submissions: {n_runs: 8}\n",
+         r"keys 'submissions.n_runs' \(8\) and 'references.n_models' \(16\) must be equal: .* --n-runs and --n-models"),
+        ("submissions: {n_runs: 1}\nreferences: {n_models: 1}\n",
+         r"key 'references.n_models' must be at least 2 \(the metric compares two distributions\), got 1; fix it in the config's references section"),
+        ("time_cap: {solo_retrains: 0}\n", r"key 'time_cap.solo_retrains' must be at least 1, got 0"),
+        ("time_cap: {fraction: 0}\n", r"key 'time_cap.fraction' must be a number above 0 \(a share of one solo retrain\), or null, got 0.0"),
+        ("time_cap: {retain_epochs: -1}\n", r"key 'time_cap.retain_epochs' must be a number above 0 .*, got -1.0"),
+        ("sandbox: {memory_gb: 0}\n", r"key 'sandbox.memory_gb' must be a number of GiB above 0, got 0.0; fix it in the config's sandbox section"),
+        ("executor: {kind: rey}\n", r"key 'executor.kind' must be one of 'local', 'ray', got 'rey' \(did you mean 'ray'\?\)"),
+        ("model: {name: resnet19}\n", r"key 'model.name' must be one of 'resnet18', 'small-cnn', got 'resnet19' \(did you mean 'resnet18'\?\)"),
+        ("task: {dataset: kagle}\n", r"key 'task.dataset' must be one of .*'kaggle'.*, got 'kagle' \(did you mean 'kaggle'\?\)"),
+        ("recipe: {lr: 0}\n", r"key 'recipe.lr' must be a number above 0, got 0.0"),
+        ("task: {forget: {fraction: 1.5}}\n", r"key 'task.forget.fraction' must be a number in \(0, 1\], or null, got 1.5"),
+    ],
+    ids=["n_runs-vs-n_models", "n_models", "solo_retrains", "fraction", "retain_epochs", "memory_gb", "executor",
+         "model", "dataset", "lr", "forget-fraction"],
+)
+def test_every_constraint_fails_at_load_naming_file_key_rule_value_and_fix(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: " + match):
+        load_config(write(tmp_path / "bad.yaml", text))
+
+
+def test_every_shipped_default_meets_its_own_constraint():
+    check_config(Config())
+
+
+def test_a_config_built_in_code_is_checked_as_a_loaded_one():
+    cfg = dataclasses.replace(Config(), submissions=SubmissionsConfig(n_runs=4))
+    with pytest.raises(ConfigError, match=r"keys 'submissions.n_runs' \(4\) and 'references.n_models' \(512\) must be equal"):
+        check_config(cfg)
 
 
 def test_load_config_missing_file_says_so(tmp_path):
@@ -94,7 +130,7 @@ def test_config_hash_ignores_which_entries_are_scored_and_where():
     base = load_config()
     same = load_config(overrides={"submissions.baselines": ["do_nothing"], "submissions.dir": None, "output.dir": "/x"})
     assert base.hash() == same.hash()
-    assert base.hash() != load_config(overrides={"submissions.n_runs": 3}).hash()
+    assert base.hash() != load_config(overrides={"submissions.n_runs": 3, "references.n_models": 3}).hash()
 
 
 def test_executor_shorthand_names_the_kind(tmp_path):

@@ -9,12 +9,7 @@ from harness.learn.models import build_model
 from harness.scoring.metric import logit_scaled_confidence
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PixelLogits(nn.Module):

@@ -120,14 +120,7 @@ def kill_when_started(pid_file: Path, *, after: tuple[Path, ...] = ()) -> thread
 # ---- fixtures: one pool and one Ray instance for the module ----
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +313,7 @@ def test_executors_registry_lists_both():
 
 
 def test_make_executor_unknown_kind_suggests_closest():
-    with pytest.raises(HarnessError, match=r"unknown executor 'rya'; did you mean 'ray'\? available: local, ray"):
+    with pytest.raises(HarnessError, match=r"executor.kind must be one of 'local', 'ray', got 'rya' \(did you mean 'ray'\?\)"):
         make_executor(ExecutorConfig(kind="rya"))
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.results.lock import FolderLockedError, lock_holder, writer_lock
+from harness.results.lock import lock_holder, writer_lock
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 OLD_STORE = Path(__file__).parent / "data" / "store-ce713d5"

@@ -15,10 +15,10 @@ from harness.compete.references import (
     references_meta,
     train_references,
 )
+from harness.compete.units import solo_hardware
 from harness.config import ForgetConfig, ModelConfig, RecipeConfig, ReferencesConfig, TaskConfig
 from harness.data.task import build_task
 from harness.errors import HarnessError
-from harness.compete.units import solo_hardware
 from harness.learn.training import hardware_description
 
 TASK = build_task(TaskConfig(options={"n_persons": 30, "images_per_person": [4, 6]}, forget=ForgetConfig(by="person", count=3)))
@@ -27,12 +27,7 @@ RECIPE = RecipeConfig(epochs=1, lr=1e-3, weight_decay=0.0, batch_size=32)
 REFS = ReferencesConfig(n_models=3, seed=100, training_path="loop", solo_first=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(cache_dir, **changes):
@@ -183,7 +178,7 @@ def test_load_references_rejects_bad_files(tmp_path, content, match):
 
 
 def test_train_references_needs_two_models(tmp_path):
-    with pytest.raises(HarnessError, match="references.n_models must be >= 2"):
+    with pytest.raises(HarnessError, match=r"references.n_models must be at least 2 \(the metric compares two distributions\), got 1"):
         train(tmp_path, n_models=1)
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.results.store import SCHEMA_VERSION, DuplicateRunError, NotAStoreError, Store, cap_log
+from harness.results.schema import SCHEMA_VERSION, NotAStoreError
+from harness.results.store import DuplicateRunError, Store, cap_log
 from harness.statuses import STATUS_DOCS, Status
 
 

@@ -56,7 +56,7 @@ def test_a_fraction_in_a_file_replaces_the_included_budget(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("time_cap: {fraction: 0.2, retain_epochs: 6}\n", r"f\.yaml: key 'time_cap' sets both 'retain_epochs' \(6\) and 'fraction' \(0\.2\)"),
+    ("time_cap: {fraction: 0.2, retain_epochs: 6}\n", r"f\.yaml: keys 'time_cap\.retain_epochs' \(6\) and 'time_cap\.fraction' \(0\.2\) are alternatives"),
     ("time_cap: {retain_epochs: 0}\n", r"f\.yaml: key 'time_cap\.retain_epochs' must be a number above 0"),
     ("time_cap: {noise_runs: 1}\n", r"f\.yaml: key 'time_cap\.noise_runs' must be 0 \(no noise margin\) or at least 2, got 1"),
     ("time_cap: {solo_retrains: 0}\n", r"f\.yaml: key 'time_cap\.solo_retrains' must be at least 1"),

@@ -21,7 +21,6 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
-import ctypes
 import hashlib
 import importlib
 import itertools
@@ -38,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config import ExecutorConfig, check_executor
+from harness.config import ExecutorConfig, check_section
 from harness.errors import HarnessError
+from harness.processes import die_with_driver, usable_cores
 from harness.registry import Registry
 
 DETAIL_CHARS = 8_000  # traceback kept with a failure
@@ -99,7 +99,13 @@ def fetch(shared: Shared) -> Any:
 
 
 class Executor(abc.ABC):
-    """Runs units and yields each `(unit, result | UnitFailure)` as it finishes."""
+    """Runs units and yields each `(unit, result | UnitFailure)` as it finishes. A new kind is a
+    subclass registered in EXECUTORS (`@EXECUTORS.register("name")`); executor.kind and the CLI's
+    --executor take their names from there."""
+
+    # units may run on other machines: no folder of the driver's is theirs to write, and their
+    # devices are not the driver's (a GPU unit computes on CUDA even if the driver has none)
+    remote: bool = False
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         self.cfg = cfg
@@ -150,7 +156,7 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 def make_executor(cfg: ExecutorConfig) -> Executor:
     """The executor `cfg.kind` names, its settings checked first."""
-    check_executor(cfg)
+    check_section(cfg, "executor")
     return EXECUTORS.get(cfg.kind)(cfg)
 
 
@@ -172,7 +178,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         super().__init__(cfg)
-        cores = _usable_cores()
+        cores = usable_cores()
         self.workers = cfg.workers or cores
         self.threads = max(1, cores // self.workers)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
@@ -293,29 +299,12 @@ class LocalExecutor(Executor):
 _worker_threads = 1  # this pool worker's torch threads, set by _init_local_worker
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
 def _init_local_worker(threads: int, module: str, driver_pid: int) -> None:
     global _worker_threads
-    _die_with_driver(driver_pid)
+    die_with_driver(driver_pid)
     _worker_threads = threads
     os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it when a unit first imports torch
     importlib.import_module(module)  # the units' code (and torch) load now, while the pool starts
-
-
-def _die_with_driver(driver_pid: int) -> None:
-    """A pool worker gets SIGKILL when its driver dies, however it dies (SIGKILL included), rather than
-    blocking forever reparented to init (seen: ~830 MB each); its sandboxed worker (bubblewrap's
-    --die-with-parent) goes with it. The kernel sends the signal when the thread that started the
-    worker ends: the pool starts its workers in the thread that submits (`_ensure_pool`), so call
-    `submit_all` from a thread that lives as long as the executor (the runner's main thread does)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != driver_pid:  # the driver died before the signal was armed
-        os._exit(1)
 
 
 def _run_local(fn: Callable[[Any], Any], unit: Any, marker: str) -> Any:
@@ -338,6 +327,8 @@ class RayExecutor(Executor):
     each task OMP_NUM_THREADS = its CPUs. Ray neither sandboxes nor enforces memory: each unit still
     starts its own sandbox on whichever node runs it. A unit asking for GPUs the cluster lacks waits
     for the autoscaler, as Ray tasks do."""
+
+    remote = True
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         super().__init__(cfg)
@@ -477,10 +468,3 @@ def _check_fn(fn: Callable[[Any], Any]) -> None:
             f"executors run module-level functions that worker processes can import, got {qualname or fn!r}; "
             "define the unit's function at the top level of a module"
         )
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

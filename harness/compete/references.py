@@ -28,7 +28,7 @@ from harness.compete.executors import Executor, UnitFailure, borrowed
 from harness.compete.timing import Timings
 from harness.compete.units import TrainReferences, share_evaluation_sets, solo_hardware
 from harness.compete.units import train_references as train_reference_models
-from harness.config import ExecutorConfig, ModelConfig, RecipeConfig, ReferencesConfig
+from harness.config import ExecutorConfig, ModelConfig, RecipeConfig, ReferencesConfig, check_section
 from harness.data.loaders import class_weights
 from harness.errors import HarnessError
 from harness.learn.models import ModelSpec
@@ -137,9 +137,8 @@ def train_references(
     `timings` collects where the time went (harness.compete.timing).
     """
     timings = timings or Timings()
+    check_section(refs_cfg, "references")
     n = refs_cfg.n_models
-    if n < 2:
-        raise HarnessError(f"references.n_models must be >= 2 (the metric compares distributions), got {n}")
     meta = references_meta(task, model_cfg=model_cfg, recipe=recipe, refs_cfg=refs_cfg, device=device)
     forget = task.arrays("forget")
     folder = _sets_dir(cache_dir) / meta["cache_key"]

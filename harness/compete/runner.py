@@ -26,7 +26,7 @@ import torch
 from harness import __version__
 from harness.compete.baselines import BASELINES, baseline_path
 from harness.compete.budget_probe import write_probe
-from harness.compete.executors import Executor, UnitFailure, borrowed, make_executor
+from harness.compete.executors import EXECUTORS, Executor, UnitFailure, borrowed, make_executor
 from harness.compete.references import References, measure_retrain_time, train_references
 from harness.compete.timing import Timings
 from harness.compete.units import (
@@ -38,14 +38,14 @@ from harness.compete.units import (
     share_evaluation_sets,
     train_original,
 )
-from harness.config import Config, resolve_device
+from harness.config import Config, check_config, resolve_device
 from harness.data.loaders import class_weights as compute_class_weights
 from harness.data.task import Task, build_task
 from harness.errors import HarnessError, SubmissionError
 from harness.learn.models import ModelSpec, load_checkpoint, save_weights
 from harness.learn.training import hardware_description, hardware_identity, init_model, timing_threads
 from harness.results.lock import writer_lock
-from harness.results.store import Store, file_version
+from harness.results.store import LEADERBOARDS, Store, file_version
 from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
 from harness.timefmt import seconds_text
@@ -53,7 +53,6 @@ from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.scoring.scores import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
 from harness.statuses import Status
 
-LEADERBOARDS = ("public", "private")
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
 BASELINE_PREFIX = "baseline:"  # a baseline's team; no submission file may take it
 DRY_RUNS_DIR = "dry-runs"  # runs/<name>/dry-runs/: dry runs' own store, apart from the competition's
@@ -89,16 +88,6 @@ class Prepared:
     time_cap_s: float
     time_cap_basis: dict
     noise_floor: float | None
-
-
-def check_sizes(cfg: Config) -> None:
-    """The metric compares N unlearned models with N retrained ones: both counts must agree."""
-    if cfg.submissions.n_runs != cfg.references.n_models:
-        raise HarnessError(
-            f"submissions.n_runs ({cfg.submissions.n_runs}) must equal references.n_models ({cfg.references.n_models}) "
-            f"in {cfg.source or 'the config'}: the metric compares as many runs as retrained models; set both "
-            "(on the command line: --n-runs and --n-models)"
-        )
 
 
 def run_seeds(cfg: Config, leaderboard: str, n_runs: int) -> list[int]:
@@ -193,7 +182,7 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
              log: Callable[[str], None], task: Task | None, base: Prepared | None) -> Prepared:
     device = units_device(cfg)
     run_dir = cfg.run_dir
-    cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else run_dir / "cache"
+    cache_dir = cfg.cache_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     if task is None:
         with timings.measure("task"):
@@ -245,8 +234,8 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
 
 
 def units_device(cfg: Config) -> str:
-    """Where units compute: the driver's choice, or CUDA when Ray units ask for GPUs the driver may lack."""
-    if cfg.device == "auto" and cfg.executor.kind == "ray" and cfg.executor.gpus_per_unit > 0:
+    """Where units compute: the driver's choice, or CUDA when remote units (Ray's) ask for GPUs the driver may lack."""
+    if cfg.device == "auto" and EXECUTORS.get(cfg.executor.kind).remote and cfg.executor.gpus_per_unit > 0:
         return "cuda"
     return resolve_device(cfg.device)
 
@@ -572,7 +561,7 @@ def _submission_units(prep: Prepared, position: int, plan: _Plan, executor: Exec
         "grace_s": cfg.time_cap.grace_s,
         "device": prep.device,
         "threads": executor.unit_threads(resources),
-        "work_root": str(prep.run_dir / "work") if cfg.executor.kind == "local" else None,
+        "work_root": None if executor.remote else str(prep.run_dir / "work"),
         "over_cap": None if entry.exempt else over_cap,
         "tag": position,
     }
@@ -607,7 +596,7 @@ def _oracle_runs(prep: Prepared, store: Store, sub_id: int, n_runs: int, todo: l
     cfg = prep.cfg
     seed = cfg.references.seed + ORACLE_SEED_OFFSET + (0 if prep.leaderboard == "public" else 500_000)
     refs_cfg = replace(cfg.references, n_models=n_runs, seed=seed, solo_first=0)
-    cache_dir = Path(cfg.references.cache_dir) if cfg.references.cache_dir else prep.run_dir / "cache"
+    cache_dir = cfg.cache_dir
     oracle = train_references(prep.task, model_cfg=cfg.model, recipe=cfg.recipe, refs_cfg=refs_cfg,
                               device=prep.device, cache_dir=cache_dir, progress=progress, executor=executor,
                               timings=timings)
@@ -673,7 +662,7 @@ def run_competition(
     timings = timings or Timings()
     from harness.results.leaderboard import build_leaderboard, write_leaderboard
 
-    check_sizes(cfg)
+    check_config(cfg)  # a Config built in code was not checked at load
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=False)
     for left in remove_stale(backend):
         log(f"removed {left}, left by a runner that was killed")
@@ -773,7 +762,7 @@ def dry_run(
                               f"unlearning(), e.g. {path / 'my_method.py'}")
     if not path.is_file():
         raise SubmissionError(f"submission file {path} does not exist; pass the path of a .py file defining unlearning()")
-    check_sizes(cfg)
+    check_config(cfg)  # a Config built in code was not checked at load
     n_runs = cfg.submissions.n_runs
     backend = resolve_backend("none" if unsafe_no_sandbox else cfg.sandbox.backend, allow_unsafe_fallback=True)
     with writer_lock(cfg.run_dir / DRY_RUNS_DIR), borrowed(executor, cfg.executor) as executor:  # its own store's writer

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from harness.errors import DataError
+from harness.sandbox.protocol import BATCH_FORMATS  # what a submission's loaders may yield
 
 SplitArrays = dict[str, np.ndarray]  # image float32 [n,C,H,W], image_id str, age_group int64, age int64, person_id str
 KEYS = ("image", "image_id", "age_group", "age", "person_id")
-BATCH_FORMATS = ("dict", "tuple")
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], *, where: str = "split arrays") -> None:

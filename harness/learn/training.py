@@ -11,7 +11,7 @@ Paths for many models, all giving models of the same quality:
   processes beat one two-thread process by ~20% on 2 cores);
 - vmap: a torch.func ensemble with stacked parameters and buffers (3-4x a loop on an H100, slower
   than a loop on CPUs).
-Each model's init comes from its seed (seed_everything, then build) and its batch order from a
+Each model's init comes from its seed (init_model: torch seeded in a forked generator) and its batch order from a
 separate stream of the same seed, so every path trains member i on the same init and batches.
 """
 
@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import os
 import platform
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import nn
 from harness.config import RecipeConfig
 from harness.errors import HarnessError
 from harness.learn.models import channels_last_on_cpu
+from harness.processes import die_with_driver, usable_cores
 
 TRAINING_PATHS = ("loop", "processes", "vmap")
 
@@ -45,11 +45,9 @@ ModelFactory = Callable[[], nn.Module]  # e.g. harness.learn.models.ModelSpec; p
 
 @dataclass(frozen=True)
 class Seeds:
-    """One seed split per library, plus the data-order stream; recorded with results."""
+    """A seed's independent streams: the model's init (torch) and the data order."""
 
     seed: int
-    python: int
-    numpy: int
     torch: int
     data: int
 
@@ -58,30 +56,18 @@ def split_seed(seed: int) -> Seeds:
     """Independent seeds for python, numpy, torch (init) and the data order, from one seed."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise HarnessError(f"seed must be a non-negative integer, got {seed!r}")
-    python, numpy_, torch_, data = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(4))
-    return Seeds(seed=int(seed), python=python, numpy=numpy_, torch=torch_, data=data)
-
-
-def seed_everything(seed: int) -> Seeds:
-    """Seed python's, numpy's and torch's global generators from one seed; returns the split."""
-    seeds = split_seed(seed)
-    random.seed(seeds.python)
-    np.random.seed(seeds.numpy)
-    torch.manual_seed(seeds.torch)
-    return seeds
+    # streams 0 and 1 once seeded python and numpy, which no model init uses; 2 and 3 stay where they were
+    _, _, torch_, data = (int(s) for s in np.random.SeedSequence(int(seed)).generate_state(4))
+    return Seeds(seed=int(seed), torch=torch_, data=data)
 
 
 def init_model(factory: ModelFactory, seed: int) -> nn.Module:
-    """A fresh model whose init depends only on `seed` (built on the CPU, whatever the device)."""
-    seed_everything(seed)
-    return factory()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """A fresh model whose init depends only on `seed` (built on the CPU, whatever the device).
+    Torch's generator is seeded inside `fork_rng`, so the caller's global generators stay as they
+    were: a second competition in the same process draws what the first would have."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(split_seed(seed).torch)
+        return factory()
 
 
 def choose_path(device: str | torch.device, *, n_models: int, cores: int | None = None) -> str:
@@ -353,9 +339,7 @@ _WORKER_JOB: list[_Job] = []  # the job of this pool worker, set once by _worker
 
 
 def _worker_init(job: _Job, driver_pid: int) -> None:
-    from harness.compete.executors import _die_with_driver
-
-    _die_with_driver(driver_pid)  # no worker outlives a killed driver
+    die_with_driver(driver_pid)  # no worker outlives a killed driver
     torch.set_num_threads(1)
     _WORKER_JOB.append(job)
 

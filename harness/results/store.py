@@ -31,7 +31,7 @@ Resume and idempotence:
 - `extras` holds per-entry diagnostics by (submission, leaderboard, name) as JSON: later features
   add names there without a schema change (`put_extra`, `get_extra`, `extras`); rescoring keeps them.
 
-Schema versions: a store records its schema version in `meta`. Every schema change bumps
+Schema versions (harness.results.schema): a store records its schema version in `meta`. Every schema change bumps
 SCHEMA_VERSION and adds a migration to `MIGRATIONS` (from version v to v + 1). Opening an older
 store migrates it in place, in one transaction (all steps or none); a new store is the first
 schema with every migration applied, so new and migrated stores are the same.
@@ -69,155 +69,33 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.results.schema import (
+    check_integrity,
+    check_store_file,
+    create_schema,
+    init_schema,
+    not_a_store,
+    now,
+    put_meta,
+)
+from harness.sandbox.outcomes import one_line
 from harness.sandbox.protocol import PROTOCOL_VERSION
 from harness.statuses import Status
 
-SCHEMA_VERSION = 2
 LEADERBOARDS = ("public", "private")
 KINDS = ("submission", "baseline", "oracle")
 DEFAULT_LOG_CAP = 64 * 1024  # characters of a run's log kept in the database
 ARRAYS_DIR = "arrays"
-
-_STATUS_SQL = ", ".join(f"'{s.value}'" for s in Status)
-# The first schema; MIGRATIONS take it to SCHEMA_VERSION (a new store is made the same way).
-_SCHEMA_V1 = f"""
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE submissions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    team TEXT NOT NULL,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    version TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('submission', 'baseline', 'oracle')),
-    exempt INTEGER NOT NULL CHECK (exempt IN (0, 1)),
-    added_at TEXT NOT NULL,
-    UNIQUE (team, version)
-);
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    submission_id INTEGER NOT NULL REFERENCES submissions (id),
-    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
-    run_index INTEGER NOT NULL CHECK (run_index >= 0),
-    seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
-    reason TEXT NOT NULL,
-    seconds REAL,
-    peak_mem_mb REAL,
-    log TEXT NOT NULL,
-    retain_acc REAL,
-    test_acc REAL,
-    forget_acc REAL,
-    confs_file TEXT,
-    recorded_at TEXT NOT NULL,
-    UNIQUE (submission_id, leaderboard, run_index)
-);
-CREATE TABLE reference_sets (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
-    cache_key TEXT NOT NULL,
-    n_models INTEGER NOT NULL,
-    confs_file TEXT NOT NULL,
-    retain_acc TEXT NOT NULL,
-    test_acc TEXT NOT NULL,
-    forget_acc TEXT NOT NULL,
-    train_seconds TEXT NOT NULL,
-    path_used TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    UNIQUE (leaderboard, cache_key)
-);
-CREATE TABLE scores (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    submission_id INTEGER NOT NULL REFERENCES submissions (id),
-    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
-    status TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
-    reason TEXT NOT NULL,
-    final_score REAL,
-    forget_quality REAL,
-    ci_low REAL,
-    ci_high REAL,
-    retain_ratio REAL,
-    test_ratio REAL,
-    retain_acc REAL,
-    test_acc REAL,
-    forget_acc REAL,
-    noise_floor REAL,
-    n_models INTEGER,
-    n_runs INTEGER,
-    n_ok INTEGER,
-    median_run_s REAL,
-    worst_run_s REAL,
-    time_cap_s REAL,
-    metric_version TEXT,
-    arrays_file TEXT,
-    scored_at TEXT NOT NULL,
-    UNIQUE (submission_id, leaderboard)
-);
-CREATE INDEX runs_by_submission ON runs (submission_id, leaderboard, status);
-"""
-
-_V1_TO_V2 = f"""
-ALTER TABLE runs ADD COLUMN protocol INTEGER NOT NULL DEFAULT 1;
-CREATE TABLE superseded_runs (
-    id INTEGER PRIMARY KEY,
-    submission_id INTEGER NOT NULL REFERENCES submissions (id),
-    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
-    run_index INTEGER NOT NULL,
-    seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
-    reason TEXT NOT NULL,
-    seconds REAL,
-    peak_mem_mb REAL,
-    log TEXT NOT NULL,
-    retain_acc REAL,
-    test_acc REAL,
-    forget_acc REAL,
-    protocol INTEGER NOT NULL,
-    recorded_at TEXT NOT NULL,
-    superseded_at TEXT NOT NULL,
-    cause TEXT NOT NULL
-);
-CREATE INDEX superseded_by_submission ON superseded_runs (submission_id, leaderboard, run_index);
-CREATE TABLE extras (
-    submission_id INTEGER NOT NULL REFERENCES submissions (id),
-    leaderboard TEXT NOT NULL CHECK (leaderboard IN ('public', 'private')),
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (submission_id, leaderboard, name)
-);
-"""
-
-
-def _statements(script: str) -> list[str]:
-    return [statement for statement in script.split(";") if statement.strip()]
-
-
-# MIGRATIONS[v] takes a store from schema v to v + 1 (SQL statements, run in the caller's
-# transaction). Version 2: each run's protocol (rows before it are protocol 1), superseded runs
-# kept as history, and per-entry extras.
-MIGRATIONS: dict[int, list[str]] = {
-    1: _statements(_V1_TO_V2),
-}
-if sorted(MIGRATIONS) != list(range(1, SCHEMA_VERSION)):
-    raise RuntimeError(f"harness.results.store: MIGRATIONS must take every schema 1..{SCHEMA_VERSION - 1} one step up")
-
+REASON_LIMIT = 1000  # characters of a stored reason; the sandbox's own are shorter (outcomes.REASON_CHARS)
 
 class DuplicateRunError(HarnessError):
     """A run that is already stored was recorded again without `replace=True`."""
-
-
-class NotAStoreError(HarnessError):
-    """The file is not a results store (empty, damaged, foreign): nothing is read from or written to it."""
 
 
 class _Record:
@@ -361,17 +239,18 @@ class Store:
         self._lock = threading.RLock()
         if not self.path.exists():
             self._create_file()
-        _check_store_file(self.path)
+        check_store_file(self.path)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60.0)
         try:
-            self._check_integrity()
+            check_integrity(self._conn, self.path)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._init_schema()
+            with self._write() as conn:
+                init_schema(conn, self.path)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise _not_a_store(self.path, f"SQLite says: {exc}") from None
+            raise not_a_store(self.path, f"SQLite says: {exc}") from None
         except BaseException:
             self._conn.close()
             raise
@@ -386,7 +265,7 @@ class Store:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("BEGIN IMMEDIATE")
-                self._create_schema(conn)
+                create_schema(conn, self.path)
                 conn.execute("COMMIT")
             finally:
                 conn.close()  # checkpoints: the whole store is in the main file now
@@ -412,54 +291,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
-
-    def _check_integrity(self) -> None:
-        """A damaged, truncated or foreign file fails here, before anything is written to it."""
-        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise _not_a_store(self.path, f"damaged or truncated: {problems[0]}")
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables and tables - {"sqlite_sequence"}:  # before WAL mode rewrites its header
-            raise _not_a_store(self.path, f"an SQLite database with other tables ({', '.join(sorted(tables))})")
-
-    def _init_schema(self) -> None:
-        with self._write() as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "meta" not in tables:  # an SQLite file with no tables at all (foreign ones are refused earlier)
-                self._create_schema(conn)
-                return
-            self._migrate(conn, record=True)
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        """A new store: the first schema with every migration applied, inside the caller's transaction."""
-        for statement in _statements(_SCHEMA_V1):
-            conn.execute(statement)
-        self._put_meta(conn, "schema_version", 1)
-        self._put_meta(conn, "created_at", _now())
-        self._put_meta(conn, "private_revealed", False)
-        self._migrate(conn, record=False)
-
-    def _migrate(self, conn: sqlite3.Connection, *, record: bool) -> None:
-        """Bring the schema to SCHEMA_VERSION, inside the caller's transaction (all steps or none)."""
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = json.loads(row[0]) if row is not None else None
-        if not isinstance(version, int) or version < 1:
-            raise _not_a_store(self.path, "its 'meta' table has no schema version")
-        if version > SCHEMA_VERSION:
-            raise HarnessError(
-                f"{self.path} was written by a newer harness (schema {version} > {SCHEMA_VERSION}); upgrade the harness"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        history = json.loads((conn.execute("SELECT value FROM meta WHERE key = 'migrations'").fetchone() or ["[]"])[0])
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)
-            if record:
-                history.append({"from": step, "to": step + 1, "at": _now()})
-        self._put_meta(conn, "schema_version", SCHEMA_VERSION)
-        if record:
-            self._put_meta(conn, "migrations", history)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -518,15 +349,11 @@ class Store:
 
     # -- competition metadata ----------------------------------------------------------------
 
-    @staticmethod
-    def _put_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, default=str)))
-
     def set_meta(self, **values: Any) -> None:
         """Store JSON-serialisable facts by key, e.g. set_meta(task_public="..."), in one transaction."""
         with self._write() as conn:
             for key, value in values.items():
-                self._put_meta(conn, key, value)
+                put_meta(conn, key, value)
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
@@ -549,11 +376,11 @@ class Store:
                 "use another competition name or output dir, or allow the change explicitly"
             )
         with self._write() as conn:
-            self._put_meta(conn, "config", config)
-            self._put_meta(conn, "config_hash", config_hash)
-            self._put_meta(conn, "code_version", code_version)
-            self._put_meta(conn, "seeds", seeds)
-            self._put_meta(conn, "name", config.get("name"))
+            put_meta(conn, "config", config)
+            put_meta(conn, "config_hash", config_hash)
+            put_meta(conn, "code_version", code_version)
+            put_meta(conn, "seeds", seeds)
+            put_meta(conn, "name", config.get("name"))
 
     def record_time_cap(self, basis: dict[str, Any], *, leaderboard: str = "public") -> None:
         """The time cap and what it rests on: median_retrain_s, retrain_times_s, hardware, fraction, time_cap_s."""
@@ -623,7 +450,7 @@ class Store:
                 raise HarnessError(f"team {team!r} is already stored as kind {other[0]!r}, not {kind!r}; give this entry another team name")
             cur = conn.execute(
                 "INSERT INTO submissions (team, name, path, version, kind, exempt, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (team, name or path.stem, str(path.resolve()), version, kind, int(bool(exempt)), _now()),
+                (team, name or path.stem, str(path.resolve()), version, kind, int(bool(exempt)), now()),
             )
             return int(cur.lastrowid)
 
@@ -695,7 +522,7 @@ class Store:
                 conn.execute(
                     f"INSERT INTO superseded_runs ({_SUPERSEDED_COLUMNS}, superseded_at, cause)"
                     f" SELECT {_SUPERSEDED_COLUMNS}, ?, ? FROM runs WHERE id = ?",
-                    (_now(), _one_line(cause), old[0]),
+                    (now(), one_line(cause or "", limit=REASON_LIMIT), old[0]),
                 )
                 conn.execute("DELETE FROM runs WHERE id = ?", (old[0],))
                 if old[1]:
@@ -711,14 +538,14 @@ class Store:
                         int(run_index),
                         int(seed),
                         status.value,
-                        _one_line(reason),
+                        one_line(reason or "", limit=REASON_LIMIT),
                         _num(seconds),
                         _num(peak_mem_mb),
                         cap_log(log, self.log_cap),
                         _num(retain_acc),
                         _num(test_acc),
                         _num(forget_acc),
-                        _now(),
+                        now(),
                         int(protocol),
                     ),
                 )
@@ -838,7 +665,7 @@ class Store:
             try:
                 conn.execute(
                     "INSERT OR REPLACE INTO extras (submission_id, leaderboard, name, value, recorded_at) VALUES (?, ?, ?, ?, ?)",
-                    (int(submission_id), leaderboard, name, text, _now()),
+                    (int(submission_id), leaderboard, name, text, now()),
                 )
             except sqlite3.IntegrityError as exc:
                 raise HarnessError(f"cannot store extra {name!r} of submission {submission_id} ({exc}); add the submission first") from None
@@ -904,7 +731,7 @@ class Store:
                     json.dumps(accs["forget_acc"]),
                     json.dumps(seconds),
                     path_used,
-                    _now(),
+                    now(),
                 ),
             )
             ref_id = int(cur.lastrowid)
@@ -1002,9 +829,9 @@ class Store:
             submission_id=int(submission_id),
             leaderboard=leaderboard,
             status=status.value,
-            reason=_one_line(reason),
+            reason=one_line(reason or "", limit=REASON_LIMIT),
             metric_version=None if metric_version is None else str(metric_version),
-            scored_at=_now(),
+            scored_at=now(),
         )
         with self._write() as conn:
             old = conn.execute(
@@ -1066,35 +893,6 @@ _SUPERSEDED_COLUMNS = (
     "id, submission_id, leaderboard, run_index, seed, status, reason, seconds, peak_mem_mb, log,"
     " retain_acc, test_acc, forget_acc, protocol, recorded_at"
 )
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_FIX = "restore it from a backup, or move it away to start this competition afresh"
-
-
-def _not_a_store(path: Path, why: str) -> NotAStoreError:
-    return NotAStoreError(f"{path} is not a results store ({' '.join(why.split())}); {_FIX}")
-
-
-def _check_store_file(path: Path) -> None:
-    """Refuse, before SQLite touches it, a path that cannot be a store (SQLite would take an empty
-    file for a new database and write a schema into it)."""
-    if not path.is_file():
-        raise _not_a_store(path, "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise _not_a_store(path, "an empty file, 0 bytes")
-    with open(path, "rb") as fh:
-        head = fh.read(100)  # the SQLite header
-    if head[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
-        raise _not_a_store(path, f"not an SQLite database, {size} bytes")
-    if Path(f"{path}-wal").exists():
-        return  # pages may still sit in the write-ahead log; SQLite's own checks follow
-    page_size = int.from_bytes(head[16:18], "big") if len(head) == 100 else 0
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(head[28:32], "big") if len(head) == 100 else 0
-    if not page_size or size % page_size or pages * page_size > size:
-        raise _not_a_store(path, f"truncated: {size} bytes, its header says {pages} pages of {page_size} bytes")
-
-
 def cap_log(text: str, limit: int) -> str:
     """Keep a quarter of the limit from the head and the rest from the tail (where tracebacks are)."""
     text = text or ""
@@ -1104,14 +902,6 @@ def cap_log(text: str, limit: int) -> str:
     tail = limit - head
     dropped = len(text) - head - tail
     return f"{text[:head]}\n[... {dropped} characters dropped ...]\n{text[-tail:]}"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _one_line(text: str) -> str:
-    return " ".join((text or "").split())[:1000]
 
 
 def _num(value: Any) -> float | None:

@@ -126,7 +126,15 @@ class Placement:
 
 
 class Backend(Protocol):
+    """A sandbox backend: registered in BACKENDS under its name; `sandbox.backend` and the
+    config's checks take their names from there."""
+
     name: str
+
+    @staticmethod
+    def available() -> tuple[bool, str]: ...  # (works here, why not)
+    @staticmethod
+    def unavailable(why: str) -> str: ...  # what to do when it does not
 
     def place(self, limits: SandboxConfig) -> Placement: ...
     def launch(self, *, inbox: Path, exchange: Exchange, limits: SandboxConfig, device: str, placement: Placement) -> Launched: ...
@@ -478,6 +486,15 @@ def _place(limits: SandboxConfig, *, root_uid: bool, cgroups: bool) -> Placement
 class BubblewrapBackend:
     name = "bubblewrap"
 
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        return bwrap_status()
+
+    @staticmethod
+    def unavailable(why: str) -> str:
+        return (f"bubblewrap is unavailable ({why}); install bubblewrap, set sandbox.backend: docker, or pass "
+                "--unsafe-no-sandbox for trusted code")
+
     def place(self, limits: SandboxConfig) -> Placement:
         ok, why = bwrap_status()
         if not ok:
@@ -512,6 +529,14 @@ class NoSandboxBackend:
     """A plain subprocess with the same limits but no isolation: trusted code only."""
 
     name = "none"
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        return True, ""
+
+    @staticmethod
+    def unavailable(why: str) -> str:
+        return why
 
     def place(self, limits: SandboxConfig) -> Placement:
         return _place(limits, root_uid=False, cgroups=False)  # no containment at all: trusted code only
@@ -710,6 +735,14 @@ def _container_group(container) -> SandboxGroup | None:
 class DockerBackend:
     name = "docker"
 
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        return docker_status()
+
+    @staticmethod
+    def unavailable(why: str) -> str:
+        return f"no Docker daemon reachable ({why}); start Docker or use bubblewrap"
+
     def place(self, limits: SandboxConfig) -> Placement:
         slot = current_slot(limits.first_uid)
         return Placement(slot=slot, cpus=cores_for(slot.index, worker_threads(limits)), run_as=(NOBODY, NOBODY))
@@ -763,35 +796,29 @@ def docker_status() -> tuple[bool, str]:
     return True, ""
 
 
+AUTO_BACKEND = "bubblewrap"  # what sandbox.backend: auto means where it works
+
+
 def resolve_backend(name: str, *, allow_unsafe_fallback: bool) -> str:
     """The backend to use: 'auto' is bubblewrap where it works, else (dry runs only) none, loudly."""
     if name != "auto" and name not in BACKENDS:
         raise HarnessError(BACKENDS.unknown_message(name) + ", auto")
-    if name == "none":
-        return name
-    if name in ("auto", "bubblewrap"):
-        ok, why = bwrap_status()
-        if ok:
-            return "bubblewrap"
-        if name == "auto" and allow_unsafe_fallback:
-            message = (
-                f"NO SANDBOX: bubblewrap is unavailable ({why}); the submission runs as a plain process "
-                "with your permissions. Only run code you trust; install bubblewrap to sandbox it. Not held here: "
-                "no network, a read-only system, hidden host files, cores/memory/processes per sandbox (cgroups), "
-                "the system-call filter, and runs that cannot signal the timing parent. Still held: one process per "
-                "run, import inside the timed window, host-side timing, scratch emptied between runs, weights validated."
-            )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            print(f"WARNING: {message}", file=sys.stderr, flush=True)
-            return "none"
-        raise SandboxUnavailable(
-            f"sandbox backend {name!r}: bubblewrap is unavailable ({why}); install bubblewrap, set "
-            "sandbox.backend: docker, or pass --unsafe-no-sandbox for trusted code"
+    chosen = AUTO_BACKEND if name == "auto" else name
+    ok, why = BACKENDS.get(chosen).available()
+    if ok:
+        return chosen
+    if name == "auto" and allow_unsafe_fallback:
+        message = (
+            f"NO SANDBOX: bubblewrap is unavailable ({why}); the submission runs as a plain process "
+            "with your permissions. Only run code you trust; install bubblewrap to sandbox it. Not held here: "
+            "no network, a read-only system, hidden host files, cores/memory/processes per sandbox (cgroups), "
+            "the system-call filter, and runs that cannot signal the timing parent. Still held: one process per "
+            "run, import inside the timed window, host-side timing, scratch emptied between runs, weights validated."
         )
-    ok, why = docker_status()
-    if not ok:
-        raise SandboxUnavailable(f"sandbox backend 'docker': no Docker daemon reachable ({why}); start Docker or use bubblewrap")
-    return name
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        return "none"
+    raise SandboxUnavailable(f"sandbox backend {name!r}: {BACKENDS.get(chosen).unavailable(why)}")
 
 
 def remove_stale(backend: str) -> list[str]:

@@ -431,10 +431,17 @@ def final_score(forget_quality: float, *, retain_acc_unlearned, retain_acc_retra
     ra_r = _mean_accuracy("retain_acc_retrained", retain_acc_retrained)
     ta_u = _mean_accuracy("test_acc_unlearned", test_acc_unlearned)
     ta_r = _mean_accuracy("test_acc_retrained", test_acc_retrained)
-    for name, value in (("retain_acc_retrained", ra_r), ("test_acc_retrained", ta_r)):
-        if value == 0:
-            raise MetricError(f"{name} is 0; the utility ratio divides by it. Check the references.")
-    return float(forget_quality * (ra_u / ra_r) * (ta_u / ta_r))
+    retain_ratio, test_ratio = utility_ratios(ra_u, ra_r, ta_u, ta_r)
+    return float(forget_quality * (retain_ratio * test_ratio))
+
+
+def utility_ratios(retain_unlearned: float, retain_retrained: float, test_unlearned: float,
+                   test_retrained: float) -> tuple[float, float]:
+    """RA_U / RA_R and TA_U / TA_R of mean accuracies. Over a zero reference accuracy a ratio is 0
+    (so the score is 0), not an error: a competition scores every entry, and a degenerate task's
+    scores say so on the board rather than stopping it."""
+    return (retain_unlearned / retain_retrained if retain_retrained > 0 else 0.0,
+            test_unlearned / test_retrained if test_retrained > 0 else 0.0)
 
 
 def noise_floor(retrained_a, retrained_b) -> float:

@@ -67,12 +67,11 @@ def score_runs(
     f = float(points.mean())
     ra_u, ta_u, fa_u = (float(np.mean(unlearned_accs[k])) for k in ("retain", "test", "forget"))
     ra_r, ta_r = (float(np.mean(retrained_accs[k][:n])) for k in ("retain", "test"))
-    retain_ratio = ra_u / ra_r if ra_r > 0 else 0.0
-    test_ratio = ta_u / ta_r if ta_r > 0 else 0.0
-    factor = retain_ratio * test_ratio
-    low, high = metric.bootstrap_ci_from_points(points, n_boot=n_boot, seed=seed, accuracy_factor=factor)
+    retain_ratio, test_ratio = metric.utility_ratios(ra_u, ra_r, ta_u, ta_r)
+    low, high = metric.bootstrap_ci_from_points(points, n_boot=n_boot, seed=seed, accuracy_factor=retain_ratio * test_ratio)
     return Score(
-        final_score=f * factor,
+        final_score=metric.final_score(f, retain_acc_unlearned=ra_u, retain_acc_retrained=ra_r,
+                                       test_acc_unlearned=ta_u, test_acc_retrained=ta_r),
         forget_quality=f,
         ci_low=float(low),
         ci_high=float(high),
