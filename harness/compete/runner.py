@@ -334,15 +334,18 @@ def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: Re
 def timing_noise(run_times: list[float], n_runs: int = 1) -> float:
     """How much wider than a typical run the cap must be for an honest file to pass: the p99 of the
     slowest of its `n_runs` runs (a file is rejected by any one run past the cap, as on Kaggle),
-    over the median, minus 1. From repeated runs of one fixed submission: a log-normal fitted to
-    them gives the quantile 0.99 ** (1 / n_runs) of one run, never below the sample's own p99;
+    over the median, minus 1. From repeated runs of one fixed submission: a log-normal whose spread
+    is their p90 over their median gives the quantile 0.99 ** (1 / n_runs) of one run, never below the sample's own p99;
     0 when fewer than two runs are known."""
     times = np.asarray([t for t in run_times if t is not None and t > 0], dtype=float)
     if times.size < 2:
         return 0.0
-    logs = np.log(times)
+    # the upper tail decides a rejection; fast runs (an idle neighbour) would widen a symmetric
+    # fit, so the log-normal's spread comes from the p90 over the median
+    median = float(np.median(times))
+    sigma = float(np.log(np.percentile(times, 90) / median)) / float(scipy.stats.norm.ppf(0.9))
     z = float(scipy.stats.norm.ppf(0.99 ** (1.0 / max(1, n_runs))))
-    fitted = float(np.exp(logs.mean() + logs.std(ddof=1) * z))
+    fitted = median * float(np.exp(max(0.0, sigma) * z))
     return max(0.0, max(fitted, float(np.percentile(times, 99))) / float(np.median(times)) - 1.0)
 
 
