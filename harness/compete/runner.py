@@ -215,7 +215,7 @@ def _prepare(cfg: Config, leaderboard: str, executor: Executor, timings: Timings
                                original_path=original_path, references=refs, time_cap_s=0.0, time_cap_basis={},
                                noise_floor=None)
         time_cap_s, basis = _time_cap(cfg, task, device=device, cache_dir=cache_dir, refs=refs, log=log,
-                                      noise=lambda n: _noise_run_times(provisional, executor, n, log=log))
+                                      noise=lambda n: _noise_run_times(provisional, executor, n))
     else:
         time_cap_s, basis = base.time_cap_s, {**base.time_cap_basis, "measured_for": base.leaderboard}
         log(f"time cap: {seconds_text(time_cap_s)} per run, the {base.leaderboard} board's (one cap per competition)")
@@ -318,7 +318,7 @@ def _time_cap(cfg: Config, task: Task, *, device: str, cache_dir: Path, refs: Re
         log(f"time cap: timing {n_noise} runs of {probe}, side by side, for the run-time noise")
         basis = {**basis, "noise_probe": probe, "noise_run_times_s": noise(n_noise)}
         basis_path.write_text(json.dumps(basis))
-    # every stored probe time counts: scripts/budget_check.py --record adds hundreds
+    # every stored probe time counts: scripts/budget_check.py --calibrate adds hundreds
     margin = timing_noise(basis.get("noise_run_times_s", []), cfg.submissions.n_runs) if n_noise else 0.0
     cap = share * basis["median_retrain_s"] * (1.0 + margin)
     budget = ("fraction" if cfg.time_cap.fraction is not None
@@ -349,13 +349,13 @@ def timing_noise(run_times: list[float], n_runs: int = 1) -> float:
     return max(0.0, max(fitted, float(np.percentile(times, 99))) / float(np.median(times)) - 1.0)
 
 
-def _noise_run_times(prep: Prepared, executor: Executor, n: int, *, log) -> list[float]:
+def _noise_run_times(prep: Prepared, executor: Executor, n: int) -> list[float]:
     """`n` runs of the budget-sized fine-tune (harness.compete.budget_probe), spread over every slot
     and sandboxed as scoring runs them (the caller's backend, falling back to a plain process where
     no sandbox exists: trusted code)."""
     cfg = prep.cfg
     epochs = cfg.time_cap.share(cfg.recipe.epochs) * cfg.recipe.epochs
-    path = write_probe(prep.run_dir / "cache" / "probes", epochs, cfg.recipe)
+    path = write_probe(cfg.cache_dir / "probes", epochs, cfg.recipe)
     entry = Entry(team=f"{BASELINE_PREFIX}budget-probe", path=path, kind="baseline", exempt=True)
     plan = _Plan(entry, -1, list(range(n)), {})
     slots = executor.slots(executor.default_resources(prep.device))

@@ -280,15 +280,14 @@ def _info_lines(info: Any, leaderboard: str) -> list[str]:
         lines.append(f"config hash {info.config_hash}, code version {info.code_version}")
     cap = info.time_caps.get(leaderboard, {})
     if "time_cap_s" in cap and "median_retrain_s" in cap:
+        share = cap.get("fraction", "?")
+        share = f"{share:.3g}" if isinstance(share, (int, float)) else share
         budget = f" ({cap['budget']})" if cap.get("budget") else ""
         noise = (f" x {1 + cap['noise_p99']:.3f} (p99 run-time noise of a file's slowest run)"
                  if cap.get("noise_p99") else "")
         lines.append(
-            f"time cap {seconds_text(cap['time_cap_s'])} per run = {cap.get('fraction', '?'):.3g}{budget} x median solo retrain "
+            f"time cap {seconds_text(cap['time_cap_s'])} per run = {share}{budget} x median solo retrain "
             f"{seconds_text(cap['median_retrain_s'])} on {cap.get('hardware', 'unknown hardware')}{noise}"
-            if isinstance(cap.get("fraction"), (int, float)) else
-            f"time cap {seconds_text(cap['time_cap_s'])} per run = {cap.get('fraction', '?')} x median solo retrain "
-            f"{seconds_text(cap['median_retrain_s'])} on {cap.get('hardware', 'unknown hardware')}"
         )
     elif "time_cap_s" in cap or "fixed_s" in cap:
         lines.append(f"time cap {seconds_text(float(cap.get('time_cap_s', cap.get('fixed_s'))))} per run (fixed)")
