@@ -184,7 +184,15 @@ def _tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     the released code's float32 operations. U[a, b] = max E[a', b'] over a' >= a, b' >= b.
     """
     rate = np.arange(n + 1, dtype=np.float32) / np.float32(n)  # == torch.mean of 0/1 float32
-    eps = np.empty((n + 1, n + 1), dtype=np.float32)
+    return _tables_from_rates(rate)
+
+
+def _tables_from_rates(rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_tables` for the rate each count k of n stands for (`rate[k]`, in its own dtype): the
+    count's fraction here, a confidence bound on it in harness.scoring.lenses. The rules go by
+    counts: a threshold with exactly one count of 0 is discarded, both 0 is inf."""
+    n = rate.shape[0] - 1
+    eps = np.empty((n + 1, n + 1), dtype=rate.dtype)
     rows = max(1, 2**20 // (n + 1))
     for first in range(0, n + 1, rows):  # in row blocks: temporaries stay small at large N
         fpr = rate[first:first + rows, None]
@@ -198,7 +206,9 @@ def _tables(n: int) -> tuple[np.ndarray, np.ndarray]:
                 0,
                 None,
             )
-        block[np.isnan(block) | ((fpr == 0) != (fnr == 0))] = -np.inf
+        fpr_zero = (np.arange(first, first + fpr.shape[0]) == 0)[:, None]  # a count of 0 (its rate is 0 here)
+        fnr_zero = (np.arange(n + 1) == 0)[None, :]
+        block[np.isnan(block) | (fpr_zero != fnr_zero)] = -np.inf
         eps[first:first + rows] = block
     eps[0, 0] = np.inf
     upper = eps[::-1, ::-1].copy()
@@ -336,13 +346,17 @@ def _double_family_best(peaky: np.ndarray, other: np.ndarray, width: float, belo
 
 
 def _example_epsilon(pos: np.ndarray, neg: np.ndarray, eps_table: np.ndarray,
-                     upper: np.ndarray) -> float:
-    """Epsilon of one example from sorted positive / negative confidences (unclipped)."""
+                     upper: np.ndarray, *, equal_is_zero: bool = True) -> float:
+    """Epsilon of one example from sorted positive / negative confidences (unclipped).
+
+    `equal_is_zero` is the shortcut for equal samples, valid for the official table only (a
+    table of bounded rates, harness.scoring.lenses, can give equal samples an epsilon above 0).
+    """
     pos_diff = pos[-1] - pos[0]
     neg_diff = neg[-1] - neg[0]
     if pos_diff == 0 and neg_diff == 0:
         return 0.0 if pos[0] == neg[0] else EPSILON_CAP
-    if np.array_equal(pos, neg):
+    if equal_is_zero and np.array_equal(pos, neg):
         # Equal samples give every rule fpr = 1 - fnr, so every surviving threshold's
         # epsilon is below 0 before the clip (the float32 error is ~1e-7, delta is 1e-5).
         return 0.0
@@ -370,7 +384,14 @@ def epsilons(unlearned_confs, retrained_confs, *, chunk: int = 256) -> np.ndarra
             f"{n} models is more than the {MAX_MODELS} supported: the metric's epsilon tables "
             f"grow as N^2 (the competition used 512); score a subset of the runs."
         )
-    eps_table, upper = _tables(n)
+    return _epsilons_from_tables(u, r, _tables(n), chunk=chunk, equal_is_zero=True)
+
+
+def _epsilons_from_tables(u: np.ndarray, r: np.ndarray, tables: tuple[np.ndarray, np.ndarray], *,
+                          chunk: int = 256, equal_is_zero: bool) -> np.ndarray:
+    """The per-example epsilons of checked [N, S] pairs with an epsilon table by (fpr, fnr) count."""
+    eps_table, upper = tables
+    n, s = u.shape
     out = np.empty(s, dtype=np.float64)
     for lo in range(0, s, chunk):
         cols = slice(lo, min(lo + chunk, s))
@@ -380,7 +401,7 @@ def epsilons(unlearned_confs, retrained_confs, *, chunk: int = 256) -> np.ndarra
         rs = np.ascontiguousarray(np.sort(rc, axis=0).T)
         for k, positive in enumerate(retrain_is_positive):
             pos, neg = (rs[k], us[k]) if positive else (us[k], rs[k])
-            out[lo + k] = _example_epsilon(pos, neg, eps_table, upper)
+            out[lo + k] = _example_epsilon(pos, neg, eps_table, upper, equal_is_zero=equal_is_zero)
     return np.clip(out, 0, EPSILON_CAP)
 
 
