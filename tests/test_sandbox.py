@@ -110,6 +110,17 @@ def test_log_splitter_routes_output_by_markers_across_chunk_boundaries():
     assert splitter.wait_for_end(0, timeout=0) and splitter.last_line(1) == "run one\x1e not a marker"
 
 
+def test_log_splitter_keeps_the_host_probes_lines_out_of_every_run_and_the_preamble():
+    # the probes (-1, -2) run before run 0: a failed run 0's log is the preamble plus its own, so
+    # the probes' markers would otherwise be the "log tail" of a timed-out run that printed nothing
+    splitter = LogSplitter(limit=1000)
+    splitter.feed((f"booted\n{MARKER}-1 seed 0\nprobe one\n{MARKER_END}-1\n{MARKER}-2 seed 0\n{MARKER_END}-2\n"
+                   f"{MARKER}0 seed 3\nmine\n").encode())
+    splitter.close()
+    assert splitter.text(None) == "booted\n" and splitter.text(0) == "mine\n"
+    assert splitter.last_line(-1) == "probe one" and splitter.wait_for_end(-2, timeout=0)
+
+
 # -- statuses ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("exc", "status"),

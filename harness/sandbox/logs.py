@@ -13,7 +13,7 @@ import threading
 from harness.sandbox.protocol import MARKER
 
 _MARK = MARKER.encode()[:1]  # the record separator that starts every marker
-_MARKER_LINE = re.compile(rb"\x1e\[harness\] (run|end) (\d+)(?: seed -?\d+)?")
+_MARKER_LINE = re.compile(rb"\x1e\[harness\] (run|end) (-?\d+)(?: seed -?\d+)?")  # -1, -2: the host's probes
 _LONGEST_MARKER = 80
 
 
@@ -91,7 +91,8 @@ class LogSplitter:
                 else:
                     index = int(match.group(2))
                     self._ended.add(index)
-                    self._current = index + 1  # what comes next belongs to the next run's set-up
+                    # what comes next belongs to the next run's set-up; after a probe, to the preamble
+                    self._current = index + 1 if index >= 0 else None
                     self._cond.notify_all()
                 data = data[newline + 1 :]
 
