@@ -256,6 +256,27 @@ class LeaderboardConfig:
     publish_logs: bool = False  # run logs on the public site: a channel from the sandbox to the public; organizers opt in
 
 
+# The instantiations of the evaluation framework (README, "Instantiations and their cost"):
+# what is trained afresh for whom. A closed set: the runner has a branch for each.
+INSTANTIATIONS: dict[str, str] = {
+    "competition": "one original, N unlearning runs from it, N references shared by all entries (the NeurIPS 2023 one)",
+    "per_run_originals": "N originals trained from their own seeds, one unlearning run from each; N shared references",
+    "fresh_references": "one original; N references drawn for each entry from its own seeds",
+}
+
+
+def instantiation_names() -> list[str]:
+    return list(INSTANTIATIONS)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Which instantiation scores the entries; the default is the competition's, and its
+    numbers and config hash are those of a config without this section."""
+
+    instantiation: str = key("competition", one_of(instantiation_names))  # INSTANTIATIONS
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # a competition lives in <dir>/<name>/
@@ -278,6 +299,7 @@ class Config:
     submissions: SubmissionsConfig = field(default_factory=SubmissionsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     source: str | None = None  # the file it came from, for messages and records
 
     @property
@@ -302,6 +324,8 @@ class Config:
         data["submissions"] = {"n_runs": self.submissions.n_runs, "reference_baselines": self.submissions.reference_baselines}
         if data["task"]["forget"]["private_index_file"] is None:  # a later key: unset, stored hashes stand
             del data["task"]["forget"]["private_index_file"]
+        if data["evaluation"] == dataclasses.asdict(EvaluationConfig()):  # likewise: the competition's instantiation
+            del data["evaluation"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

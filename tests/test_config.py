@@ -68,9 +68,12 @@ def test_load_config_errors_name_the_key_and_file(tmp_path, text, match):
         ("task: {dataset: kagle}\n", r"key 'task.dataset' must be one of .*'kaggle'.*, got 'kagle' \(did you mean 'kaggle'\?\)"),
         ("recipe: {lr: 0}\n", r"key 'recipe.lr' must be a number above 0, got 0.0"),
         ("task: {forget: {fraction: 1.5}}\n", r"key 'task.forget.fraction' must be a number in \(0, 1\], or null, got 1.5"),
+        ("evaluation: {instantiation: per_run_original}\n",
+         r"key 'evaluation.instantiation' must be one of 'competition', 'per_run_originals', 'fresh_references', "
+         r"got 'per_run_original' \(did you mean 'per_run_originals'\?\); fix it in the config's evaluation section"),
     ],
     ids=["n_runs-vs-n_models", "n_models", "solo_retrains", "fraction", "retain_epochs", "memory_gb", "executor",
-         "model", "dataset", "lr", "forget-fraction"],
+         "model", "dataset", "lr", "forget-fraction", "instantiation"],
 )
 def test_every_constraint_fails_at_load_naming_file_key_rule_value_and_fix(tmp_path, text, match):
     with pytest.raises(ConfigError, match=r"bad\.yaml: " + match):
@@ -193,3 +196,12 @@ def test_shipped_dir_prefers_the_copy_installed_in_the_package(tmp_path, monkeyp
     monkeypatch.setattr(harness.config, "PACKAGE_ROOT", tmp_path / "harness")
     assert shipped_dir("configs") == tmp_path / "harness" / "_configs"
     assert shipped_dir("baselines") == tmp_path / "baselines"  # a source checkout: beside harness/
+
+
+def test_config_hash_of_the_competition_instantiation_is_the_hash_before_the_key():
+    """Stores and baselines/expected.yaml written before `evaluation` existed still match."""
+    assert load_config().hash() == "b7e5d0365f864197"
+    assert load_config("configs/ci.yaml").hash() == "381dc7a18b42cbca"
+    assert load_config(overrides={"evaluation.instantiation": "competition"}).hash() == "b7e5d0365f864197"
+    others = {load_config(overrides={"evaluation.instantiation": name}).hash() for name in ("per_run_originals", "fresh_references")}
+    assert len(others) == 2 and "b7e5d0365f864197" not in others
