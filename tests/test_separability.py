@@ -76,22 +76,27 @@ def test_fit_spread_recovers_a_power_law():
 
 
 @pytest.mark.parametrize("sds, exponent", [
-    ([0.1], 0.5),  # one size: the error of an average
-    ([0.1, 0.1], 0.25),  # flat: clipped up
+    ([0.1], 0.0),  # one size: taken as flat, the conservative reading
+    ([0.1, 0.12], 0.0),  # growing: clipped to flat
     ([0.4, 0.01], 1.0),  # steep: clipped down
-], ids=["one-size", "flat", "steep"])
+], ids=["one-size", "growing", "steep"])
 def test_fit_spread_keeps_the_exponent_in_its_range(sds, exponent):
     assert separability.fit_spread([4, 8][:len(sds)], sds)[1] == pytest.approx(exponent)
 
 
-def test_measure_spread_shrinks_with_n_and_reads_the_fit_at_n():
+def test_measure_spread_measures_each_size_and_reads_the_fit_at_n():
     confs, ra, ta = pool(p=32)
     record = separability.measure_spread(confs, ra, ta, n=32, repeats=16)
-    assert record["sizes"] == [4, 8, 16]
-    assert record["sds"][0] > record["sds"][-1] > 0
+    assert record["sizes"] == [4, 8, 16] and all(sd > 0 for sd in record["sds"])
     assert record["spread"] == pytest.approx(separability.spread_at(32, record["scale"], record["exponent"]))
-    assert record["spread"] < record["sds"][-1]
+    assert 0 <= record["exponent"] <= 1
     assert separability.measure_spread(confs[:7], ra[:7], ta[:7], n=7)["spread"] is None
+
+
+def test_the_spread_of_a_mean_over_examples_shrinks_with_more_examples():
+    """What the spread is made of: F averages S examples' points, so 4x the examples halve it."""
+    few, many = (separability.split_scores(*pool(p=16, s=s, seed=1), size=8, repeats=32) for s in (40, 160))
+    assert np.std(many, ddof=1) < 0.75 * np.std(few, ddof=1)
 
 
 def test_compare_tells_apart_a_difference_beyond_two_sds_of_a_difference():
@@ -106,11 +111,17 @@ def test_compare_tells_apart_a_difference_beyond_two_sds_of_a_difference():
 
 def test_runs_needed_is_the_first_n_that_tells_them_apart():
     spread = {"scale": 0.25, "exponent": 0.6}
-    for diff in (0.3, 0.05, -0.02, 0.004):
+    for diff in (0.3, 0.05, -0.02, 0.008):
         n = separability.runs_needed(diff, spread["scale"], spread["exponent"])
         assert separability.compare(diff, 0.0, spread, n=n)["told_apart"]
         if n > 2:
             assert not separability.compare(diff, 0.0, spread, n=n - 1)["told_apart"]
+
+
+def test_runs_needed_is_none_when_more_runs_would_not_tell_them_apart():
+    assert separability.runs_needed(0.01, 0.02, 0.0) is None  # a flat spread above the difference
+    assert separability.runs_needed(0.0001, 0.02, 0.1) is None  # beyond the metric's 4096 models
+    assert separability.runs_needed(0.1, 0.02, 0.0) == 2  # told apart at any N
 
 
 def test_compare_without_a_spread_gives_no_verdict():
