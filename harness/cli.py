@@ -151,7 +151,7 @@ def _allowance(text: str) -> float:
 def cmd_metric(args: argparse.Namespace) -> int:
     from harness.scoring.metric_report import format_metric_report, metric_report
 
-    report = metric_report(args.unlearned, args.retrained)
+    report = metric_report(args.unlearned, args.retrained, test_losses_path=args.test_losses)
     _emit(report, args.json, format_metric_report(report))
     return 0
 
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metric", help="the forgetting-quality metric on two [N, S] confidence files")
     p.add_argument("--unlearned", required=True, help=".npy file, [N models, S forget examples]")
     p.add_argument("--retrained", required=True, help=".npy file, [N models, S forget examples]")
+    p.add_argument("--test-losses", help=".npy file, [N models, T test examples]: the unlearned runs' test-set losses (the simple MIA lens)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metric)
 

@@ -49,6 +49,14 @@ def test_evaluate_confidences_and_accuracies_are_exact(batch_size):
     assert ev.forget_acc == float(np.mean(FORGET["image"][:, 0, 0, :].argmax(1) == FORGET["age_group"]))
 
 
+def test_evaluate_keeps_the_test_sets_cross_entropy_per_example_for_the_simple_mia():
+    ev = evaluate(PixelLogits(), forget=FORGET, retain=RETAIN, test=TEST, device="cpu")
+    z = TEST["image"][:, 0, 0, :].astype(np.float64)
+    cross_entropy = np.logaddexp.reduce(z, axis=1) - z[np.arange(4), TEST["age_group"]]
+    assert ev.test_losses.dtype == np.float64 and ev.test_losses.shape == (4,)
+    np.testing.assert_allclose(ev.test_losses, cross_entropy, rtol=1e-6)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train-mode", "eval-mode"])
 def test_evaluate_uses_eval_mode_and_restores_the_mode(training):
     model = PixelLogits().train(training)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.results.leaderboard import COLUMNS, build_leaderboard, format_leaderboard, write_leaderboard
+from harness.results.leaderboard import board_columns, build_leaderboard, format_leaderboard, write_leaderboard
 from harness.results.store import Store
 from harness.scoring import metric
 
@@ -89,7 +89,7 @@ def populate(s, tmp_path, *, full=True):
 
 def test_build_leaderboard_orders_calibration_ranked_failed_pending(store, direction):
     df = build_leaderboard(store)
-    assert list(df.columns) == list(COLUMNS)
+    assert list(df.columns) == board_columns()
     best_first = ["bravo", "<b>charlie</b>", "alpha"] if direction else ["<b>charlie</b>", "alpha", "bravo"]
     ranked = df[df["rank"].notna()]
     assert sorted(ranked["team"]) == sorted(best_first)
@@ -131,7 +131,7 @@ def test_build_leaderboard_rejects_unknown_board(store):
 def test_build_leaderboard_empty_store(tmp_path, higher):
     with Store(tmp_path / "r.sqlite") as s:
         df = build_leaderboard(s)
-    assert df.empty and list(df.columns) == list(COLUMNS)
+    assert df.empty and list(df.columns) == board_columns()
 
 
 def _text_outputs(out_dir):

@@ -134,3 +134,61 @@ def test_config_choices_are_the_registries_names():
     executor_flag = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["run"]._actions
                          if a.dest == "executor")
     assert list(executor_flag.choices) == EXECUTORS.names()
+
+
+# The whole cost of a new lens: this function and its one registry line.
+THROWAWAY_LENS = '''
+import numpy as np
+
+from harness.scoring.lenses import register_lens
+
+
+@register_lens("mean_gap", column="gap", title="mean gap", no_difference="0")
+def mean_gap(inputs):
+    """|mean unlearned - mean retrained| over every model and example."""
+    return {"gap": float(abs(inputs.unlearned.mean() - inputs.retrained.mean()))}
+'''
+
+
+def test_a_registered_lens_appears_in_the_store_metric_json_and_every_board(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness.results.leaderboard import board_columns, write_leaderboard
+    from harness.results.store import Store
+    from harness.scoring.lenses import LENSES
+    from harness.scoring.metric_report import metric_report
+    from harness.scoring.scores import LENSES_EXTRA, record_entry_score
+
+    n, s = 6, 20
+    rng = np.random.default_rng(0)
+    unlearned, retrained = rng.normal(0.5, 1, size=(n, s)), rng.normal(size=(n, s))
+    gap = abs(unlearned.mean() - retrained.mean())
+    assert "lens_mean_gap" not in board_columns()
+    _register(tmp_path, monkeypatch, LENSES, "mean_gap", THROWAWAY_LENS)
+    assert "lens_mean_gap" in board_columns()
+
+    run_dir = tmp_path / "run"
+    with Store(run_dir / "results.sqlite") as store:
+        store.record_competition(config={"name": "lenses"}, config_hash="h", code_version="0")
+        store.record_references(leaderboard="public", cache_key="k", confs=retrained, retain_acc=np.full(n, 0.9),
+                                test_acc=np.full(n, 0.8), forget_acc=np.full(n, 0.8))
+        (tmp_path / "sub.py").write_text("pass\n")
+        sid = store.add_submission(tmp_path / "sub.py", team="team")
+        for i in range(n):
+            store.record_run(sid, leaderboard="public", run_index=i, seed=i, status="ok", seconds=1.0, retain_acc=0.9,
+                             test_acc=0.8, forget_acc=0.7, confs=unlearned[i])
+        refs = store.references("public")
+        record_entry_score(store, sid, leaderboard="public", n_runs=n, references=refs,
+                           reference_confs=store.load_array(refs.confs_file), noise_floor=None, time_cap_s=None)
+        assert store.get_extra(sid, leaderboard="public", name=LENSES_EXTRA)["mean_gap"] == {"gap": pytest.approx(gap)}
+        write_leaderboard(store, run_dir, plots=False)
+
+    board = pd.read_csv(run_dir / "leaderboard_public.csv")
+    assert board.loc[0, "lens_mean_gap"] == pytest.approx(gap)
+    assert "lens_mean_gap" in (run_dir / "leaderboard_public.md").read_text()
+    assert "<th data-col='lens_mean_gap' title='lens_mean_gap'>mean gap</th>" in (run_dir / "site" / "index.html").read_text()
+    assert "mean gap" in (run_dir / "site" / "submissions" / f"{sid}.html").read_text()
+    np.save(tmp_path / "u.npy", unlearned)
+    np.save(tmp_path / "r.npy", retrained)
+    shown = metric_report(tmp_path / "u.npy", tmp_path / "r.npy")["lenses"]["mean_gap"]
+    assert shown["gap"] == pytest.approx(gap) and shown["no_difference"] == "0"

@@ -299,7 +299,12 @@ def site_figures(store):
     refs = store.references(leaderboard="public")
     _, unlearned = store.run_confs(sub.id, leaderboard="public")
     accs = {k: np.array([getattr(r, f"{k}_acc") for r in runs]) for k in ("retain", "test", "forget")}
+    lenses = store.get_extra(sub.id, leaderboard="public", name="lenses")
+    per_example = {f"{name}: {key}": v for name in ("ks", "kl", "klom", "bounded_f")
+                   for key, v in lenses[name]["per_example"].items() if key != "pvalue"}
     return {
+        "lenses": report_plots.lens_examples_figure(per_example, arrays["eps"]),
+        "attack": report_plots.attack_roc_figure(lenses["lira"]["roc"]["fpr"], lenses["lira"]["roc"]["tpr"], auc=lenses["lira"]["auc"]),
         "scatter": report_plots.forgetting_vs_utility_figure(*scatter_inputs(store)),
         "crowded scatter": report_plots.forgetting_vs_utility_figure(*crowded()),
         "eps": report_plots.epsilon_figure(arrays["eps"], arrays["points"]),

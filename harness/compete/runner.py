@@ -50,7 +50,7 @@ from harness.sandbox import WorkerSpec, resolve_backend
 from harness.sandbox.backends import remove_stale
 from harness.timefmt import seconds_text
 from harness.sandbox.protocol import PROTOCOL_VERSION
-from harness.scoring.scores import METRIC_VERSION, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
+from harness.scoring.scores import METRIC_VERSION, TEST_LOSSES_EXTRA, Score, record_entry_score, reference_noise_floor, score_run_records, select_runs
 from harness.statuses import Status
 
 ORACLE_SEED_OFFSET = 100_000  # the oracle's models never share a seed with the references
@@ -494,6 +494,7 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
     plan.timings.append(outcome["timings"])
     timings.merge(outcome["timings"])
     unchanged = {run["run_index"] for run in outcome["runs"] if run.pop("unchanged", False) and run["status"] == Status.OK.value}
+    test_losses = {run["run_index"]: run.pop("test_losses", None) for run in outcome["runs"]}  # an extra, not a column
     with timings.measure("store"):
         for run in outcome["runs"]:
             index = run["run_index"]
@@ -503,6 +504,14 @@ def _take(store: Store, prep: Prepared, plan: _Plan, unit: RunSubmission, outcom
         after = (before - set(unit.run_indices)) | unchanged
         if after != before:
             store.put_extra(plan.sub_id, leaderboard=prep.leaderboard, name=UNCHANGED_RUNS, value=sorted(after))
+        stored = store.get_extra(plan.sub_id, leaderboard=prep.leaderboard, name=TEST_LOSSES_EXTRA, default={}) or {}
+        losses = dict(stored)
+        for index, values in test_losses.items():  # a run that came back again replaces its losses, or drops them
+            losses.pop(str(index), None)
+            if values is not None:
+                losses[str(index)] = [float(v) for v in values]
+        if losses != stored:
+            store.put_extra(plan.sub_id, leaderboard=prep.leaderboard, name=TEST_LOSSES_EXTRA, value=losses)
 
 
 def _runs_to_redo(store: Store, entry: Entry, sub_id: int, leaderboard: str, *, n_runs: int,

@@ -298,7 +298,8 @@ def _evaluate_run(model: torch.nn.Module, weights_path: Path | None, sets: dict,
     finally:
         timings["evaluation"] += time.perf_counter() - start
         Path(weights_path).unlink(missing_ok=True)
-    return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc}
+    return {"confs": ev.forget_confs, "retain_acc": ev.retain_acc, "test_acc": ev.test_acc, "forget_acc": ev.forget_acc,
+            "test_losses": ev.test_losses}
 
 
 def share_evaluation_sets(executor: Executor, task: Task) -> Shared:

@@ -1,9 +1,10 @@
-"""Trusted evaluation of a model: forget-set confidences and retain/test/forget accuracy.
+"""Trusted evaluation of a model: forget-set confidences, retain/test/forget accuracy, and the
+test-set losses the simple MIA lens reads (harness.scoring.lenses).
 
 Runs outside the sandbox on weights already validated. It is on the scoring hot path (once per
 run and per reference), so it feeds tensors straight from the arrays in large batches, without
-gradients or a DataLoader, in channels-last layout on CPUs, and copies only the forget set's
-logits back from the device.
+gradients or a DataLoader, in channels-last layout on CPUs, and copies only the forget and test
+sets' logits back from the device.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.learn.models import channels_last_on_cpu
+from harness.scoring.lenses import losses_from_confidences
 from harness.scoring.metric import logit_scaled_confidence
 
 
@@ -27,6 +29,7 @@ class Evaluation:
     retain_acc: float  # fractions in [0, 1]
     test_acc: float
     forget_acc: float
+    test_losses: np.ndarray | None = None  # float64 [T] cross-entropy per test example (the simple MIA's)
 
 
 def evaluate(
@@ -42,13 +45,18 @@ def evaluate(
     with _inference(model, device) as memory_format:
         logits, forget_acc = _run(model, forget, device, batch_size, memory_format, keep_logits=True)
         _, retain_acc = _run(model, retain, device, batch_size, memory_format, keep_logits=False)
-        _, test_acc = _run(model, test, device, batch_size, memory_format, keep_logits=False)
+        test_logits, test_acc = _run(model, test, device, batch_size, memory_format, keep_logits=True)
     confs = logit_scaled_confidence(logits, np.asarray(forget["age_group"]))
+    test_losses = None
+    if len(test_logits) and test.get("age_group") is not None:
+        # the forget set's losses are softplus(-conf) of its confidences; the test set's the same way
+        test_losses = losses_from_confidences(logit_scaled_confidence(test_logits, np.asarray(test["age_group"])))
     return Evaluation(
         forget_confs=np.asarray(confs, dtype=np.float64),
         retain_acc=retain_acc,
         test_acc=test_acc,
         forget_acc=forget_acc,
+        test_losses=test_losses,
     )
 
 

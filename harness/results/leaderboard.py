@@ -78,6 +78,7 @@ COLUMNS = (
     "reason",
     "submission_id",
 )
+LENS_PREFIX = "lens_"  # a lens's column: lens_<name>, after COLUMNS, one per registered lens
 PENDING = "pending"  # shown for a submission that has no score yet (not a run Status)
 CALIBRATION = "calibration"
 _GROUP_CALIBRATION, _GROUP_RANKED, _GROUP_FAILED, _GROUP_PENDING = range(4)
@@ -92,6 +93,34 @@ def higher_is_better() -> bool:
     return bool(metric.HIGHER_IS_BETTER)
 
 
+def _lenses():
+    """The lens registry (imported late: harness.scoring.lenses loads the metric, which loads torch)."""
+    from harness.scoring.lenses import LENSES
+
+    return LENSES
+
+
+def lens_columns() -> list[str]:
+    """One column per registered lens, in the registry's order: beside F, never in the ranking."""
+    return [f"{LENS_PREFIX}{name}" for name in _lenses().names()]
+
+
+def board_columns() -> list[str]:
+    """The CSV's columns: COLUMNS, then the lenses'."""
+    return [*COLUMNS, *lens_columns()]
+
+
+def _lens_values(stored: dict | None) -> dict[str, float | None]:
+    """A stored `lenses` extra as column values: each lens's shown value, None where it was not computed."""
+    registry = _lenses()
+    out = {}
+    for name in registry.names():
+        value = (stored or {}).get(name) or {}
+        shown = value.get(registry.get(name).column)
+        out[f"{LENS_PREFIX}{name}"] = float(shown) if isinstance(shown, (int, float)) else None
+    return out
+
+
 def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions: bool = False) -> pd.DataFrame:
     """One row per submission (each team's latest version, or every version), in board order."""
     if leaderboard not in LEADERBOARDS:
@@ -101,10 +130,11 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
     counts = store.run_counts(leaderboard=leaderboard)
     old_protocol = store.old_protocol_entries(leaderboard)
     rows = []
+    columns = board_columns()
     for sub in subs:
         score = scores.get(sub.id)
         stored = counts.get(sub.id, {})
-        row: dict[str, Any] = {c: None for c in COLUMNS}
+        row: dict[str, Any] = {c: None for c in columns}
         row.update(team=sub.team, name=sub.name, version=sub.version, kind=sub.kind, submission_id=sub.id)
         row["flag"] = CALIBRATION if sub.exempt else ""
         if score is None:
@@ -116,6 +146,10 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
                     row[key] = getattr(score, key)
             row["status"] = score.status.value
             row["old_protocol"] = old_protocol.get(sub.id)  # its score rests on runs of this older run protocol
+            if score.status is Status.OK:
+                from harness.scoring.scores import LENSES_EXTRA
+
+                row.update(_lens_values(store.get_extra(sub.id, leaderboard=leaderboard, name=LENSES_EXTRA)))
         ok = score is not None and score.status is Status.OK and _finite(score.final_score)
         if sub.exempt:
             group = _GROUP_CALIBRATION
@@ -127,7 +161,7 @@ def build_leaderboard(store: Store, *, leaderboard: str = "public", all_versions
             group = _GROUP_PENDING
         row["_group"] = group
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[*COLUMNS, "_group"])
+    df = pd.DataFrame(rows, columns=[*columns, "_group"])
     if df.empty:
         return df.drop(columns="_group").astype({"rank": "Int64"})
     higher = higher_is_better()
@@ -246,13 +280,28 @@ def rank_labels(df: pd.DataFrame) -> pd.Series:
     return pd.Series(["" if pd.isna(r) else f"={int(r)}" if counts[r] > 1 else str(int(r)) for r in df["rank"]], index=df.index, dtype=object)
 
 
+def _md_columns() -> tuple[str, ...]:
+    """The Markdown board's columns: the lenses' after the utility ratios' and accuracy's."""
+    at = _MD_COLUMNS.index("median_run_s")
+    return (*_MD_COLUMNS[:at], *lens_columns(), *_MD_COLUMNS[at:])
+
+
+def _lens_note() -> str:
+    registry = _lenses()
+    shown = "; ".join(f"{LENS_PREFIX}{n} ({registry.get(n).title}): {registry.get(n).no_difference}" for n in registry.names())
+    return ("lens_ columns are other readings of the same runs, beside F and never in the score "
+            f"(harness.scoring.lenses); what each reads when nothing differs: {shown}")
+
+
 def _markdown(df: pd.DataFrame, *, leaderboard: str, info: Any) -> str:
+    md_columns = _md_columns()
     lines = [f"# {info.name or 'competition'}: {leaderboard} leaderboard", ""]
     lines += [f"- {line}" for line in _info_lines(info, leaderboard)]
     lines += [
         f"- final score: {'higher' if higher_is_better() else 'lower'} is better; "
         f"rows flagged '{CALIBRATION}' are the retrain oracle (the best to expect at this N), never ranked; "
         "a rank like =2 is shared by tied scores",
+        _lens_note(),
     ]
     if df["old_protocol"].notna().any():
         lines.append(f"- a number under old_protocol: that score rests on runs of an older run protocol "
@@ -260,12 +309,12 @@ def _markdown(df: pd.DataFrame, *, leaderboard: str, info: Any) -> str:
     lines += [
         "",
     ]
-    lines.append("| " + " | ".join(_MD_COLUMNS) + " |")
-    lines.append("|" + "|".join("---" for _ in _MD_COLUMNS) + "|")
+    lines.append("| " + " | ".join(md_columns) + " |")
+    lines.append("|" + "|".join("---" for _ in md_columns) + "|")
     ranks = rank_labels(df)
     for i, row in df.iterrows():
         cells = []
-        for col in _MD_COLUMNS:
+        for col in md_columns:
             text = ranks[i] if col == "rank" else _fmt(col, row[col])
             if col == "kind" and row["flag"]:
                 text = f"{text} ({row['flag']})"
@@ -403,7 +452,13 @@ def _cell(col: str, value: Any, *, link: str | None = None, text: str | None = N
 def _header(col: str, *, sticky: bool = False) -> str:
     classes = " ".join(c for c in ("t" if col in _TEXT_COLUMNS else "", "sticky" if sticky else "") if c)
     attrs = f" class='{classes}'" if classes else ""
-    return f"<th data-col='{col}' title='{col}'{attrs}>{html.escape(_HEADERS.get(col, col))}</th>"
+    return f"<th data-col='{col}' title='{col}'{attrs}>{html.escape(_heading(col))}</th>"
+
+
+def _heading(col: str) -> str:
+    if col.startswith(LENS_PREFIX) and col[len(LENS_PREFIX):] in _lenses():
+        return _lenses().get(col[len(LENS_PREFIX):]).title
+    return _HEADERS.get(col, col)
 
 
 def _same_as_team(team: str, name: str) -> bool:
@@ -413,7 +468,9 @@ def _same_as_team(team: str, name: str) -> bool:
 
 def _board_table(df: pd.DataFrame, *, link_prefix: str) -> str:
     scored_reasons = df["final_score"].notna() & df["reason"].fillna("").astype(bool)
-    columns = [c for c in _SITE_COLUMNS if c != "name" or not all(map(_same_as_team, df["team"], df["name"]))]
+    at = _SITE_COLUMNS.index("median_run_s")
+    site_columns = (*_SITE_COLUMNS[:at], *lens_columns(), *_SITE_COLUMNS[at:])
+    columns = [c for c in site_columns if c != "name" or not all(map(_same_as_team, df["team"], df["name"]))]
     if scored_reasons.any():  # a scored row's reason has no empty score cells to fill: it gets a column
         columns.append("reason")
     if df["old_protocol"].isna().all():
@@ -465,6 +522,7 @@ def _write_site(store: Store, site: Path, *, frames: dict[str, pd.DataFrame], in
             "this number of runs; it is never ranked. Failed submissions are listed at the bottom, each with its status "
             "and the reason in place of its scores. Click a column to sort; the table scrolls sideways.</p>"
         )
+        parts.append(f"<p class='note'>{html.escape(_lens_note())}.</p>")
         if "private" in boards:
             other = "private.html" if lb == "public" else "index.html"
             parts.append(f"<p><a href='{other}'>{'private' if lb == 'public' else 'public'} leaderboard</a></p>")
@@ -540,13 +598,49 @@ def _submission_section(
         parts.append(f"<table><tbody>{rows}</tbody></table>")
     else:
         parts.append(f"<p class='note'>Not scored yet: {len(runs)} run(s) stored.</p>")
+    lens_values = None
+    if score is not None and score.status is Status.OK:
+        from harness.scoring.scores import LENSES_EXTRA
+
+        lens_values = store.get_extra(sub.id, leaderboard=lb, name=LENSES_EXTRA)
+        parts.append(_lens_table(lens_values))
     if plots:
-        parts.append(_submission_plots(store, sub, lb, score=score, runs=runs, site=site, refs=refs, ref_confs=ref_confs, info=info))
+        parts.append(_submission_plots(store, sub, lb, score=score, runs=runs, site=site, refs=refs, ref_confs=ref_confs, info=info,
+                                       lens_values=lens_values))
     parts.append(_runs_table(runs, logs=logs))
     return "\n".join(parts)
 
 
-def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, info) -> str:
+def _lens_table(values: dict | None) -> str:
+    """Every lens's numbers for an entry, with what each reads when nothing differs."""
+    if not values:
+        return "<p class='note'>No lenses stored for this score; `unlearn rescore` computes them.</p>"
+    registry = _lenses()
+    rows = []
+    for name in registry.names():
+        lens, value = registry.get(name), values.get(name)
+        if value is None:
+            text = "not computed for this score; `unlearn rescore` computes it"
+        elif "unavailable" in value:
+            text = f"unavailable: {value['unavailable']}"
+        else:
+            shown = {k: v for k, v in value.items() if k not in ("per_example", "roc", "per_run")}
+            text = "; ".join(f"{k} {_lens_text(v)}" for k, v in shown.items())
+        rows.append(f"<tr><th class='t'>{html.escape(lens.title)}</th><td class='t reason'>{html.escape(text)}</td>"
+                    f"<td class='t reason'>no difference: {html.escape(lens.no_difference)}</td></tr>")
+    return ("<h3>Lenses: other readings of the same runs, beside F (never in the score)</h3>"
+            f"<table><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _lens_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_lens_text(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "None" if value is None else str(value)
+
+
+def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, info, lens_values=None) -> str:
     out_dir = site / "submissions" / str(sub.id)
     parts = []
 
@@ -586,6 +680,21 @@ def _submission_plots(store, sub, lb, *, score, runs, site, refs, ref_confs, inf
 
     if eps is not None:
         add("Unlearned vs retrained confidences: most and least forgotten examples", "confs", confs_plot)
+
+    if lens_values and eps is not None:
+        registry = _lenses()
+        per_example = {}
+        for name in registry.names():
+            for key, values in ((lens_values.get(name) or {}).get("per_example") or {}).items():
+                if key != "pvalue":  # the KS p-value is the statistic's, on another scale
+                    per_example[f"{registry.get(name).title}: {key}"] = values
+        if per_example:
+            add("Lenses per forget example, against the official epsilon", "lenses",
+                lambda p: report_plots.lens_examples(per_example, eps, p))
+        lira = lens_values.get("lira") or {}
+        if "roc" in lira:
+            add("LiRA-style attack: ROC per (example, model) pair", "attack",
+                lambda p: report_plots.attack_roc(lira["roc"]["fpr"], lira["roc"]["tpr"], p, auc=lira["auc"]))
 
     ok_runs = [r for r in runs if r.status is Status.OK]
     if ok_runs:

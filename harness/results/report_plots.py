@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
+from harness.errors import HarnessError
 from harness.timefmt import seconds_text
 
 DPI = 100
@@ -152,6 +153,63 @@ def accuracy_figure(unlearned: dict[str, np.ndarray], retrained: dict[str, np.nd
 
 def accuracy_comparison(unlearned: dict[str, np.ndarray], retrained: dict[str, np.ndarray], path: str | Path) -> Path:
     return save(accuracy_figure(unlearned, retrained), path)
+
+
+# -- lenses --------------------------------------------------------------------------------------
+
+def lens_examples_figure(per_example: dict[str, Sequence[float]], eps: Sequence[float], *, cap: float = EPSILON_CAP) -> Figure:
+    """Each per-example lens (title -> [S] values) against the official epsilon of the same
+    examples: where the lenses and F agree on which examples are told apart, and where not."""
+    eps = np.asarray(eps, dtype=np.float64)
+    names = list(per_example)
+    fig = _figure((3.0 * max(1, len(names)) + 1.8, 3.0))
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    at_cap = eps >= cap
+    for ax, name in zip(axes, names):
+        values = np.asarray(per_example[name], dtype=np.float64)
+        if values.shape != eps.shape:
+            raise HarnessError(f"lens {name!r} has {values.size} per-example values for {eps.size} epsilons; rescore the entry")
+        ax.scatter(eps[~at_cap], values[~at_cap], s=14, color=UNLEARNED, alpha=0.7, label="forget examples")
+        if at_cap.any():
+            ax.scatter(np.full(int(at_cap.sum()), cap), values[at_cap], s=14, color=RETRAINED, marker="x",
+                       label=f"at the cap ({cap:g})")
+        ax.set_title(name, fontsize=MIN_TEXT_PT + 1)
+        ax.set_xlabel("official epsilon")
+    axes[0].set_ylabel("lens value")
+    handles = [Line2D([], [], marker="o", linestyle="", color=UNLEARNED, label="forget examples")]
+    if at_cap.any():
+        handles.append(Line2D([], [], marker="x", linestyle="", color=RETRAINED, label=f"at the cap ({cap:g})"))
+    axes[-1].legend(handles=handles, **_LEGEND)
+    fig.tight_layout()
+    return fig
+
+
+def lens_examples(per_example: dict[str, Sequence[float]], eps: Sequence[float], path: str | Path) -> Path:
+    return save(lens_examples_figure(per_example, eps), path)
+
+
+def attack_roc_figure(fpr: Sequence[float], tpr: Sequence[float], *, auc: float) -> Figure:
+    """The LiRA-style attack's ROC on log axes (what matters is the TPR at a low FPR), with chance."""
+    fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
+    fig = _figure((6.5, 3.4))
+    ax = fig.subplots()
+    keep = (fpr > 0) & (tpr > 0)
+    floor = min(1e-3, float(fpr[keep].min())) if keep.any() else 1e-3
+    ax.plot(fpr[keep], tpr[keep], color=UNLEARNED, label=f"attack (AUC {auc:.3f})")
+    ax.plot([floor, 1], [floor, 1], color="#888888", linestyle="--", label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1.05)
+    ax.set_xlabel("false positive rate (retrained called unlearned)")
+    ax.set_ylabel("true positive rate")
+    ax.legend(**_LEGEND)
+    fig.tight_layout()
+    return fig
+
+
+def attack_roc(fpr: Sequence[float], tpr: Sequence[float], path: str | Path, *, auc: float) -> Path:
+    return save(attack_roc_figure(fpr, tpr, auc=auc), path)
 
 
 def run_times_figure(run_index: Sequence[int], seconds: Sequence[float | None], statuses: Sequence[str], cap_s: float | None) -> Figure:

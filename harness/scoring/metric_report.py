@@ -50,10 +50,12 @@ def _nearest_perfect(n: int) -> tuple[int, float]:
     return known, metric.PERFECT_UNLEARNER_F[known]
 
 
-def metric_report(unlearned_path: str | Path, retrained_path: str | Path) -> dict:
+def metric_report(unlearned_path: str | Path, retrained_path: str | Path, *,
+                  test_losses_path: str | Path | None = None) -> dict:
     """Everything `unlearn metric` prints, as a JSON-ready dict."""
     unlearned = _load("unlearned", unlearned_path)
     retrained = _load("retrained", retrained_path)
+    test_losses = None if test_losses_path is None else _load("test losses", test_losses_path)
     if unlearned.shape != retrained.shape:
         raise MetricError(
             f"unlearned {unlearned.shape} and retrained {retrained.shape} must have the same "
@@ -107,7 +109,30 @@ def metric_report(unlearned_path: str | Path, retrained_path: str | Path) -> dic
         "noise_floor_n": half if floor is not None else None,
         "perfect_unlearner_f": known_f,
         "calibration": text,
+        "lenses": report_lenses(unlearned, retrained, test_losses=test_losses),
     }
+
+
+def report_lenses(unlearned: np.ndarray, retrained: np.ndarray, *, test_losses: np.ndarray | None = None) -> dict:
+    """Every registered lens, without its per-example arrays and curves (the store keeps those), and
+    with the value its board column shows and what that reads when nothing differs."""
+    from harness.scoring import lenses
+
+    values = lenses.compute_lenses(lenses.LensInputs(unlearned=unlearned, retrained=retrained, test_losses=test_losses))
+    out = {}
+    for name, value in values.items():
+        lens = lenses.LENSES.get(name)
+        shown = {k: v for k, v in value.items() if k not in ("per_example", "roc", "per_run")}
+        shown.update(title=lens.title, column=lens.column, no_difference=lens.no_difference)
+        out[name] = shown
+    return out
+
+
+def _lens_line(value: dict) -> str:
+    if "unavailable" in value:
+        return f"{value['title']}: unavailable ({value['unavailable']})"
+    v = value.get(value["column"])
+    return f"{value['title']} {v:.4f} (no difference: {value['no_difference']})"
 
 
 def format_metric_report(d: dict) -> str:
@@ -127,4 +152,5 @@ def format_metric_report(d: dict) -> str:
         f"{metric.EPSILON_CAP:g}, {e['zero']} at 0",
         f"buckets     {buckets or 'none (N = 2 has no scoring buckets)'}",
         f"calibration {d['calibration']}",
+        *(f"{'lenses' if i == 0 else '':<11} {_lens_line(v)}" for i, v in enumerate(d["lenses"].values())),
     ])

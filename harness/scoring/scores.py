@@ -163,4 +163,31 @@ def record_entry_score(store, submission_id: int, *, leaderboard: str, n_runs: i
     with measure("store"):
         store.record_score(submission_id, leaderboard=leaderboard, status=Status.OK.value, reason="", score=score,
                            n_ok=len(chosen.runs), **common)
+    with measure("metric"):
+        lens_values = entry_lenses(store, submission_id, leaderboard=leaderboard, runs=chosen.runs, unlearned_confs=confs,
+                                   retrained_confs=reference_confs)
+    with measure("store"):
+        store.put_extra(submission_id, leaderboard=leaderboard, name=LENSES_EXTRA, value=lens_values)
     return Status.OK.value, None, score, times
+
+
+LENSES_EXTRA = "lenses"  # the store's extra holding every lens of an entry (harness.scoring.lenses)
+TEST_LOSSES_EXTRA = "test_losses"  # extra: {run index: the run's test-set losses}, for the simple MIA
+
+
+def entry_lenses(store, submission_id: int, *, leaderboard: str, runs, unlearned_confs: np.ndarray,
+                 retrained_confs: np.ndarray) -> dict:
+    """Every registered lens of a scored entry, beside its score (never inside it): the runs'
+    confidences against the same first N references the score used, and each run's stored
+    test-set losses where the trusted evaluation kept them (`TEST_LOSSES_EXTRA`)."""
+    from harness.scoring import lenses
+
+    n = unlearned_confs.shape[0]
+    stored = store.get_extra(submission_id, leaderboard=leaderboard, name=TEST_LOSSES_EXTRA, default={}) or {}
+    per_run = [stored.get(str(r["run_index"])) for r in runs]
+    test_losses = None
+    if per_run and all(v is not None for v in per_run) and len({len(v) for v in per_run}) == 1:
+        test_losses = np.asarray(per_run, dtype=np.float64)
+    inputs = lenses.LensInputs(unlearned=np.asarray(unlearned_confs, dtype=np.float64),
+                               retrained=np.asarray(retrained_confs, dtype=np.float64)[:n], test_losses=test_losses)
+    return lenses.compute_lenses(inputs)
