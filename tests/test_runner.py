@@ -156,6 +156,28 @@ def test_rescore_recomputes_the_same_scores_from_the_store(competition):
     assert again.set_index("team")["final_score"].loc[before.index].tolist() == pytest.approx(before.tolist())
 
 
+def test_every_scored_entry_has_its_lenses_beside_the_score_and_rescore_recomputes_them(competition):
+    from harness.results.rescore import rescore
+    from harness.scoring.lenses import LENSES
+    from harness.scoring.scores import LENSES_EXTRA, TEST_LOSSES_EXTRA
+
+    cfg, table = competition
+    store = Store(cfg.run_dir / "results.sqlite")
+    (sub,) = [s for s in store.submissions() if s.team == "baseline:finetune"]
+    losses = store.get_extra(sub.id, leaderboard="public", name=TEST_LOSSES_EXTRA)
+    assert sorted(map(int, losses)) == list(range(cfg.submissions.n_runs))
+    assert all(len(v) == len(losses["0"]) > 0 and min(v) >= 0 for v in losses.values())
+    before = store.get_extra(sub.id, leaderboard="public", name=LENSES_EXTRA)
+    assert set(before) == set(LENSES.names())
+    assert "unavailable" not in before["simple_mia"] and 0 <= before["simple_mia"]["mean_accuracy"] <= 1
+    assert 0 <= before["lira"]["auc"] <= 1 and before["lira"]["unit"] == "(example, model) pair"
+    assert before["bounded_f"]["forget_quality"] >= table.set_index("team").loc["baseline:finetune", "forget_quality"]
+    board = (cfg.run_dir / "leaderboard_public.csv").read_text().splitlines()[0]
+    assert all(f"lens_{name}" in board for name in LENSES.names())
+    rescore(cfg.run_dir)
+    assert Store(cfg.run_dir / "results.sqlite").get_extra(sub.id, leaderboard="public", name=LENSES_EXTRA) == before
+
+
 def _expected_file(path: Path, table, *, nudge: float = 0.0) -> Path:
     import yaml
 
